@@ -1,0 +1,89 @@
+"""The structures that cross the engine's boundaries.
+
+``Targets`` is what a dataset gives the model for training, ``Detections`` is what
+``RCNN.predict`` gives back. Both hold tensors for the objects of one image.
+
+Shape shorthand: K objects, P keypoints per object, M mask resolution (28),
+H x W the image's height and width in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Targets:
+    """Ground truth of one image, in that image's pixels.
+
+    boxes (Tensor[K, 4]) in (x1, y1, x2, y2) with 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H.
+    labels (Tensor[K], int64): contiguous model labels, 1..C (0 is background).
+    masks (Tensor[K, H, W], uint8) of 0/1, optional.
+    keypoints (Tensor[K, P, 3]) as (x, y, visibility) with COCO's v in {0, 1, 2}, optional.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    keypoints: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def to(self, device: torch.device | str) -> Targets:
+        return _map_tensors(self, lambda t: t.to(device))
+
+
+@dataclass
+class Detections:
+    """What the model found in one image, in that image's pixels.
+
+    boxes (Tensor[K, 4]) in (x1, y1, x2, y2); scores (Tensor[K]); labels (Tensor[K], int64).
+    mask_probs (Tensor[K, M, M]): per-object mask probabilities in the object's box
+        (not yet pasted into the image: see ``masks()`` and ``rle_masks()``), optional.
+    keypoints (Tensor[K, P, 3]) as (x, y, score), score the heatmap logit, optional.
+    image_size: (H, W) of the image the detections are in.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    image_size: tuple[int, int] = field(default=(0, 0))
+    mask_probs: Tensor | None = None
+    keypoints: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def __getitem__(self, index: int | slice | Tensor) -> Detections:
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return _map_tensors(self, lambda t: t[index])
+
+    def to(self, device: torch.device | str) -> Detections:
+        return _map_tensors(self, lambda t: t.to(device))
+
+    def masks(self, threshold: float = 0.5) -> Tensor:
+        """Full-image binary masks, Tensor[K, H, W] bool. Memory: K*H*W bytes."""
+        from detector.modeling.mask_paste import paste_masks
+
+        if self.mask_probs is None:
+            raise ValueError("these detections have no masks (the model has no mask head)")
+        return paste_masks(self.mask_probs, self.boxes, self.image_size, threshold)
+
+    def rle_masks(self, threshold: float = 0.5) -> list[dict]:
+        """COCO compressed RLE of each mask, without building full-image masks."""
+        from detector.modeling.mask_paste import masks_to_rle
+
+        if self.mask_probs is None:
+            raise ValueError("these detections have no masks (the model has no mask head)")
+        return masks_to_rle(self.mask_probs, self.boxes, self.image_size, threshold)
+
+
+def _map_tensors(obj, fn):
+    """A copy of a dataclass with ``fn`` applied to each of its tensor fields."""
+    changes = {f.name: fn(getattr(obj, f.name)) for f in fields(obj) if isinstance(getattr(obj, f.name), Tensor)}
+    return replace(obj, **changes)
