@@ -1,0 +1,1 @@
+"""Data pipeline: COCO-format datasets, paired transforms, batching and a synthetic data set."""

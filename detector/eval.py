@@ -1,0 +1,169 @@
+"""COCO evaluation from the command line: a model over a dataset's images, or an existing results file.
+
+    python -m detector.eval --model PRESET [--weights FILE] --images DIR --ann ANN.json \\
+        [--device cpu] [--batch-size 2] [--out results.json]
+    python -m detector.eval --results RESULTS.json --ann ANN.json
+    either with [--iou-types bbox segm keypoints] [--metrics-out metrics.json] [--plots DIR]
+
+Prints pycocotools' 12 (bbox, segm) or 10 (keypoints) numbers and a per-category AP table for each
+IoU type, the VOC07 11-point box AP, and the time spent predicting and scoring. Under ``torchrun``
+each process predicts its share of the images and rank 0 scores them all.
+Exit status: 0 when done, 2 on bad input, reported as ``error: <file>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from detector.evaluation.category_map import label_to_category_id
+from detector.evaluation.coco_eval import CocoEvalResult, evaluate_coco
+from detector.evaluation.coco_results import RESULT_KEY, iou_types_in, load_results, write_results
+from detector.evaluation.distributed import DistContext, finish, gather, init_distributed, shard
+from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported, load_ground_truth
+from detector.evaluation.inference import predict_coco_results
+from detector.evaluation.report import format_category_table, format_voc, metrics_dict
+from detector.evaluation.voc import VocResult, voc_ap
+
+logger = logging.getLogger("detector.eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m detector.eval", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="PRESET", help="run this preset over --images")
+    source.add_argument("--results", type=Path, metavar="RESULTS.json", help="score this COCO results file")
+    parser.add_argument("--ann", type=Path, required=True, metavar="ANN.json", help="COCO annotation file")
+    parser.add_argument("--weights", type=Path, metavar="FILE", help="the model's weights (default: the preset's)")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
+    parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
+                        help="default: every type that the model or the results file provides")
+    parser.add_argument("--out", type=Path, metavar="RESULTS.json", help="write the COCO results here")
+    parser.add_argument("--metrics-out", type=Path, metavar="METRICS.json", help="write the numbers here as JSON")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write precision/recall curves here as PNG")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model and args.images is None:
+        parser.error("--model needs --images")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ctx = init_distributed()
+    try:
+        return _run(args, ctx)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        finish(ctx)
+
+
+def load_predictor(preset: str, weights: Path | None, device: str):
+    """The model's ``Predictor``; imported here so that ``--results`` runs without the model code."""
+    from detector.predictor import Predictor
+
+    return Predictor.from_preset(preset, weights, device)
+
+
+def _run(args: argparse.Namespace, ctx: DistContext) -> int:
+    coco_gt = load_ground_truth(args.ann)
+    if args.results is not None:
+        results = load_results(args.results, coco_gt)
+        iou_types = _choose_iou_types(args.iou_types, iou_types_in(results), str(args.results),
+                                      allow_missing=not results)
+        _check_annotations_support(coco_gt, iou_types, args.ann)
+        inference_s = None
+    else:
+        results, iou_types, inference_s = _predict(args, coco_gt, ctx)
+    if not ctx.is_main:
+        return 0
+    if args.out is not None:
+        write_results(results, args.out)
+
+    start = time.perf_counter()
+    evaluations = [evaluate_coco(coco_gt, results, iou_type) for iou_type in iou_types]
+    voc = voc_ap(coco_gt, results) if "bbox" in iou_types else None
+    scoring_s = time.perf_counter() - start
+
+    _print_report(evaluations, voc, inference_s, scoring_s)
+    if args.metrics_out is not None:
+        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics = metrics_dict(evaluations, voc, inference_s=inference_s, scoring_s=scoring_s)
+        args.metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.plots is not None:
+        from detector.evaluation.plots import plot_pr_curves
+
+        for evaluation in evaluations:
+            plot_pr_curves(evaluation, args.plots)
+    return 0
+
+
+def _print_report(evaluations: list[CocoEvalResult], voc: VocResult | None, inference_s: float | None,
+                  scoring_s: float) -> None:
+    for evaluation in evaluations:
+        print(f"== {evaluation.iou_type} ==")
+        print(evaluation.summary, end="")
+        print(format_category_table(evaluation.per_category_ap))
+    if voc is not None:
+        print(format_voc(voc))
+    inference_text = "-" if inference_s is None else f"{inference_s:.2f}s"
+    print(f"timing: inference {inference_text}, scoring {scoring_s:.2f}s")
+
+
+def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[dict], list[str], float]:
+    """(every rank's results, the IoU types to score, the seconds spent predicting and gathering)."""
+    predictor = load_predictor(args.model, args.weights, args.device)
+    provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)
+    iou_types = _choose_iou_types(args.iou_types, provided, f"model {args.model}", allow_missing=False)
+    _check_annotations_support(coco_gt, iou_types, args.ann)  # before the long part
+    with _blame(args.ann):
+        mapping = label_to_category_id(predictor.class_names, coco_gt.dataset["categories"])
+    records = shard(coco_gt.loadImgs(sorted(coco_gt.getImgIds())), ctx)
+    start = time.perf_counter()
+    local = predict_coco_results(predictor, records, args.images, mapping, batch_size=args.batch_size,
+                                 with_masks="segm" in iou_types, with_keypoints="keypoints" in iou_types)
+    results = gather(local, ctx)
+    return results, iou_types, time.perf_counter() - start
+
+
+def _choose_iou_types(requested: list[str] | None, provided: list[str], source: str, *, allow_missing: bool) -> list[str]:
+    """The requested IoU types (default: those provided, else bbox); a ValueError for one not provided,
+    unless ``allow_missing`` (empty results score 0 on anything)."""
+    if not requested:
+        return provided or ["bbox"]
+    requested = list(dict.fromkeys(requested))
+    missing = [t for t in requested if t not in provided]
+    if missing and not allow_missing:
+        needed = ", ".join(f"{t} needs {RESULT_KEY[t]!r}" for t in missing)
+        raise ValueError(f"{source}: provides only {', '.join(provided) or 'nothing'} ({needed})")
+    return requested
+
+
+def _check_annotations_support(coco_gt, iou_types: list[str], ann_path: Path) -> None:
+    with _blame(ann_path):
+        for iou_type in iou_types:
+            check_iou_type_supported(coco_gt, iou_type)
+
+
+@contextlib.contextmanager
+def _blame(source: Path | str):
+    """Prefix the message of a ValueError raised inside with the file it is about."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""ResNet / ResNeXt trunk that returns the C2..C5 feature maps.
+
+The residual blocks are torchvision's (`torchvision.models.resnet*` constructors); what is ours is
+the choice of normalisation, which stages train, and returning the four stage outputs.
+
+Shape shorthand: N images, H x W the padded batch size.
+C2: (N, 256, H/4, W/4), C3: (N, 512, H/8, W/8), C4: (N, 1024, H/16, W/16), C5: (N, 2048, H/32, W/32)
+for the bottleneck ResNets; ResNet-18/34 give 64/128/256/512 channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.ops import FrozenBatchNorm2d
+
+# name -> torchvision constructor. ResNeXt-101 64x4d is as in torchvision (the Detectron2 X-101 64x4d).
+ARCHITECTURES = {
+    "resnet18": models.resnet18,
+    "resnet34": models.resnet34,
+    "resnet50": models.resnet50,
+    "resnet101": models.resnet101,
+    "resnet152": models.resnet152,
+    "resnext50_32x4d": models.resnext50_32x4d,
+    "resnext101_32x8d": models.resnext101_32x8d,
+    "resnext101_64x4d": models.resnext101_64x4d,
+}
+NORMS = ("frozen_bn", "bn", "gn")
+STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # in the order they are unfrozen
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    arch: str = "resnet50"
+    # "frozen_bn" fine-tunes ImageNet/COCO weights (torchvision, Detectron2 default); frozen BN with random
+    # statistics does not normalise, so training from scratch needs "gn" (Wu & He, 2018) or "bn".
+    norm: str = "frozen_bn"
+    # torchvision's v1 COCO checkpoints were trained with eps = 0 (torchvision overwrites it on load).
+    frozen_bn_eps: float = 1e-5
+    gn_groups: int = 32
+    # How many stages train, counted from the top (0..5); 3 = layer2..layer4 as in torchvision and Detectron2.
+    trainable_stages: int = 3
+
+
+class ResNetBackbone(nn.Module):
+    """Returns [C2, C3, C4, C5]. Submodule names follow torchvision's ResNet (conv1, bn1, layer1..4)."""
+
+    def __init__(self, cfg: BackboneConfig = BackboneConfig()) -> None:
+        super().__init__()
+        if cfg.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown backbone arch {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        if cfg.norm not in NORMS:
+            raise ValueError(f"unknown norm {cfg.norm!r}; choose one of {NORMS}")
+        if not 0 <= cfg.trainable_stages <= 5:
+            raise ValueError(f"trainable_stages must be in 0..5, got {cfg.trainable_stages}")
+        trunk = ARCHITECTURES[cfg.arch](weights=None, norm_layer=_norm_layer(cfg))
+        self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.out_channels = [self._stage_channels(getattr(self, f"layer{i}")) for i in range(1, 5)]
+        self._freeze(cfg.trainable_stages)
+
+    @staticmethod
+    def _stage_channels(stage: nn.Sequential) -> int:
+        last = stage[-1]
+        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+    def _freeze(self, trainable_stages: int) -> None:
+        trainable = list(STAGES[:trainable_stages])
+        if trainable_stages == 5:
+            trainable.append("bn1")
+        for name, param in self.named_parameters():
+            if not any(name.startswith(stage) for stage in trainable):
+                param.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+def _norm_layer(cfg: BackboneConfig):
+    if cfg.norm == "frozen_bn":
+        return partial(FrozenBatchNorm2d, eps=cfg.frozen_bn_eps)
+    if cfg.norm == "gn":
+        return lambda channels: nn.GroupNorm(cfg.gn_groups, channels)
+    return nn.BatchNorm2d
+
+
+def set_frozen_bn_eps(module: nn.Module, eps: float) -> None:
+    """Set eps of every FrozenBatchNorm2d below ``module`` (0.0 for torchvision's v1 COCO checkpoints)."""
+    for m in module.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.eps = eps

@@ -1,0 +1,91 @@
+"""Box head of Fast R-CNN with FPN: two fully connected layers over 7x7 RoIAlign features, then a
+classifier over C+1 classes (0 = background) and class-specific box deltas.
+
+Shape shorthand: B RoIs over the batch, C+1 classes, D fc width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+from detector.modeling.box_coder import decode_boxes
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    # Values of torchvision's and Detectron2's R50-FPN recipes.
+    pool_size: int = 7
+    sampling_ratio: int = 2
+    aligned: bool = False  # torchvision's checkpoints: False; our presets: True (Detectron2)
+    pooler: str = "align"  # or "pool" (RoIPool)
+    fc_dim: int = 1024
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: float = 1.0 / 9
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+class BoxHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, cfg: BoxHeadConfig = BoxHeadConfig()) -> None:
+        """``num_classes`` counts the background."""
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * cfg.pool_size**2, cfg.fc_dim)
+        self.fc2 = nn.Linear(cfg.fc_dim, cfg.fc_dim)
+        self.cls_score = nn.Linear(cfg.fc_dim, num_classes)
+        self.bbox_pred = nn.Linear(cfg.fc_dim, num_classes * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, S, S) -> class logits (B, C+1), box deltas (B, (C+1)*4)."""
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def fastrcnn_loss(
+    class_logits: Tensor, box_deltas: Tensor, gt_labels: Tensor, gt_deltas: Tensor, beta: float
+) -> dict[str, Tensor]:
+    """Cross-entropy over all sampled RoIs; smooth-L1 on the deltas of the ground-truth class of the
+    foreground ones, normalised by the number of RoIs (so that an image with no objects gives zero box
+    loss). class_logits (B, C+1), box_deltas (B, (C+1)*4), gt_labels (B,), gt_deltas (B, 4)."""
+    loss_cls = F.cross_entropy(class_logits, gt_labels)
+    fg = torch.where(gt_labels > 0)[0]
+    deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[fg, gt_labels[fg]]  # (F, 4)
+    loss_box = F.smooth_l1_loss(deltas, gt_deltas[fg], beta=beta, reduction="sum") / max(1, gt_labels.numel())
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+
+def box_inference(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    cfg: BoxHeadConfig,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per image (boxes (K, 4), scores (K,), labels (K,)): decode every class's box, drop background and
+    scores <= score_thresh, NMS per class, keep the top ``detections_per_image``."""
+    num_classes = class_logits.shape[1]
+    boxes = decode_boxes(box_deltas, torch.cat(proposals), cfg.box_weights).view(-1, num_classes, 4)  # (B, C+1, 4)
+    scores = F.softmax(class_logits, -1)  # (B, C+1)
+    results = []
+    counts = [len(p) for p in proposals]
+    for b, s, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
+        b = clip_boxes_to_image(b, size)
+        labels = torch.arange(num_classes, device=b.device).view(1, -1).expand_as(s)
+        b, s, labels = b[:, 1:].reshape(-1, 4), s[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+        keep = torch.where(s > cfg.score_thresh)[0]
+        b, s, labels = b[keep], s[keep], labels[keep]
+        keep = remove_small_boxes(b, min_size=1e-2)
+        b, s, labels = b[keep], s[keep], labels[keep]
+        keep = batched_nms(b, s, labels, cfg.nms_thresh)[: cfg.detections_per_image]
+        results.append((b[keep], s[keep], labels[keep]))
+    return results

@@ -1,0 +1,54 @@
+"""Feature Pyramid Network (Lin et al., 2017): P2..P5 from C2..C5 by a top-down pathway with lateral
+1x1 convolutions and 3x3 output convolutions, plus P6 by max-pooling P5 (kernel 1, stride 2).
+
+Shape shorthand: N images, D = out_channels; Pi: (N, D, H/2^i, W/2^i).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    out_channels: int = 256  # FPN paper, torchvision, Detectron2
+    norm: str | None = None  # None or "gn" (GroupNorm after each conv, for training from scratch)
+    gn_groups: int = 32
+
+
+class FPN(nn.Module):
+    """Returns [P2, P3, P4, P5, P6] with strides 4, 8, 16, 32, 64."""
+
+    strides = (4, 8, 16, 32, 64)
+
+    def __init__(self, in_channels: list[int], cfg: FPNConfig = FPNConfig()) -> None:
+        super().__init__()
+        if cfg.norm not in (None, "gn"):
+            raise ValueError(f"FPN norm must be None or 'gn', got {cfg.norm!r}")
+        d = cfg.out_channels
+        self.lateral_convs = nn.ModuleList(_conv(c, d, 1, cfg) for c in in_channels)
+        self.output_convs = nn.ModuleList(_conv(d, d, 3, cfg) for _ in in_channels)
+        self.out_channels = d
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        top_down = self.lateral_convs[-1](features[-1])  # (N, D, H/32, W/32)
+        outputs = [self.output_convs[-1](top_down)]
+        for i in range(len(features) - 2, -1, -1):
+            lateral = self.lateral_convs[i](features[i])
+            top_down = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            outputs.insert(0, self.output_convs[i](top_down))
+        outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))  # P6
+        return outputs
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, cfg: FPNConfig) -> nn.Module:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=cfg.norm is None)
+    nn.init.kaiming_uniform_(conv.weight, a=1)  # as in the FPN reference implementations
+    if conv.bias is not None:
+        nn.init.constant_(conv.bias, 0)
+    if cfg.norm is None:
+        return conv
+    return nn.Sequential(conv, nn.GroupNorm(cfg.gn_groups, out_channels))

@@ -1,0 +1,86 @@
+"""Keypoint head of Mask R-CNN (He et al., 2017): 8 x conv3x3-512 over 14x14 RoIAlign features, a
+2x deconv and a 2x bilinear upsampling to one 56x56 heatmap per keypoint; the loss is a cross-entropy
+over the heatmap's pixels for each visible keypoint (a one-hot spatial softmax).
+
+Shape shorthand: B RoIs, P keypoints, S = 56 heatmap size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class KeypointHeadConfig:
+    num_keypoints: int = 17  # COCO
+    pool_size: int = 14
+    sampling_ratio: int = 2
+    num_convs: int = 8  # Mask R-CNN's keypoint head
+    conv_dim: int = 512
+
+
+class KeypointHead(nn.Module):
+    def __init__(self, in_channels: int, cfg: KeypointHeadConfig = KeypointHeadConfig()) -> None:
+        super().__init__()
+        dims = [in_channels] + [cfg.conv_dim] * cfg.num_convs
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
+        self.deconv = nn.ConvTranspose2d(dims[-1], cfg.num_keypoints, 4, stride=2, padding=1)
+        for layer in [*self.convs, self.deconv]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(layer.bias, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, D, 14, 14) -> heatmap logits (B, P, 56, 56)."""
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        x = self.deconv(x)  # (B, P, 28, 28)
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def keypoint_targets(keypoints: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Heatmap pixel index (y * size + x) of each keypoint inside its box and whether it counts:
+    keypoints (B, P, 3) as (x, y, v), boxes (B, 4) -> (Tensor[B, P] int64, Tensor[B, P] bool)."""
+    x0, y0 = boxes[:, 0:1], boxes[:, 1:2]
+    scale_x = size / (boxes[:, 2:3] - x0)
+    scale_y = size / (boxes[:, 3:4] - y0)
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    on_right, on_bottom = x == boxes[:, 2:3], y == boxes[:, 3:4]  # the far edge belongs to the last bin
+    x = ((x - x0) * scale_x).floor().long()
+    y = ((y - y0) * scale_y).floor().long()
+    x[on_right] = size - 1
+    y[on_bottom] = size - 1
+    valid = (x >= 0) & (y >= 0) & (x < size) & (y < size) & (keypoints[..., 2] > 0)
+    return (y * size + x) * valid, valid
+
+
+def keypoint_loss(heatmap_logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Spatial softmax cross-entropy over (B, P, S, S) logits for the valid (B, P) keypoints."""
+    b, p, h, w = heatmap_logits.shape
+    valid = valid.reshape(-1)
+    if not valid.any():
+        return heatmap_logits.sum() * 0
+    return F.cross_entropy(heatmap_logits.reshape(b * p, h * w)[valid], targets.reshape(-1)[valid])
+
+
+def heatmaps_to_keypoints(heatmaps: Tensor, boxes: Tensor) -> Tensor:
+    """Decode (B, P, S, S) heatmap logits into image coordinates: Tensor[B, P, 3] as (x, y, score).
+
+    Each heatmap is resized (bicubic) to its box's size in pixels, and the keypoint is the centre of the
+    maximum's pixel; the score is the logit there (Mask R-CNN, as in Detectron and torchvision)."""
+    out = heatmaps.new_zeros((boxes.shape[0], heatmaps.shape[1], 3))
+    widths = (boxes[:, 2] - boxes[:, 0]).clamp(min=1)
+    heights = (boxes[:, 3] - boxes[:, 1]).clamp(min=1)
+    p = heatmaps.shape[1]
+    for i in range(boxes.shape[0]):
+        w, h = int(widths[i].ceil().item()), int(heights[i].ceil().item())
+        roi_map = F.interpolate(heatmaps[i][:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
+        pos = roi_map.reshape(p, -1).argmax(dim=1)  # (P,)
+        x_int, y_int = pos % w, torch.div(pos, w, rounding_mode="floor")
+        out[i, :, 0] = (x_int.float() + 0.5) * (widths[i] / w) + boxes[i, 0]
+        out[i, :, 1] = (y_int.float() + 0.5) * (heights[i] / h) + boxes[i, 1]
+        out[i, :, 2] = roi_map[torch.arange(p, device=pos.device), y_int, x_int]
+    return out

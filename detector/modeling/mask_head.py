@@ -1,0 +1,62 @@
+"""Mask head of Mask R-CNN (He et al., 2017): convs over 14x14 RoIAlign features, a 2x deconv, and one
+28x28 mask logit map per class; the loss is binary cross-entropy on the ground-truth class's map.
+
+Shape shorthand: B RoIs, C+1 classes, M = 2 * pool_size mask resolution (28).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    pool_size: int = 14  # masks are 2x this: 28 x 28
+    sampling_ratio: int = 2
+    num_convs: int = 4  # Mask R-CNN's FPN head: 4 x conv3x3-256
+    conv_dim: int = 256
+
+
+class MaskHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, cfg: MaskHeadConfig = MaskHeadConfig()) -> None:
+        super().__init__()
+        dims = [in_channels] + [cfg.conv_dim] * cfg.num_convs
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
+        self.deconv = nn.ConvTranspose2d(dims[-1], cfg.conv_dim, 2, stride=2)
+        self.predictor = nn.Conv2d(cfg.conv_dim, num_classes, 1)
+        for layer in [*self.convs, self.deconv, self.predictor]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(layer.bias, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, D, S, S) -> mask logits (B, C+1, 2S, 2S)."""
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.predictor(F.relu(self.deconv(x)))
+
+
+def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, size: int) -> Tensor:
+    """Ground-truth masks (Tensor[G, H, W]) cropped to ``boxes`` (Tensor[B, 4]) of their matched object
+    (``matched_gt``, Tensor[B]) and resampled to size x size: Tensor[B, size, size] in [0, 1]."""
+    rois = torch.cat([matched_gt[:, None].to(boxes), boxes], dim=1)
+    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), spatial_scale=1.0)[:, 0]
+
+
+def mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy of each RoI's ground-truth-class map. mask_logits (B, C+1, M, M),
+    labels (B,), targets (B, M, M)."""
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]  # (B, M, M)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def mask_inference(mask_logits: Tensor, labels: Tensor) -> Tensor:
+    """Probabilities of each detection's own class: Tensor[B, M, M]."""
+    index = torch.arange(labels.shape[0], device=labels.device)
+    return mask_logits[index, labels].sigmoid()

@@ -1,0 +1,63 @@
+"""Multi-level RoI pooling: each box is pooled from the FPN level that suits its size
+(FPN paper, eq. 1: k = floor(4 + log2(sqrt(wh) / 224)), clamped to the available levels),
+with torchvision.ops.roi_align (or roi_pool).
+
+Shape shorthand: B boxes over the whole batch, C channels, S output size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_area, roi_align, roi_pool
+
+
+class MultiLevelRoIPooler(nn.Module):
+    def __init__(
+        self,
+        output_size: int,
+        strides: tuple[int, ...] = (4, 8, 16, 32),
+        sampling_ratio: int = 2,
+        aligned: bool = False,  # torchvision's checkpoints use False; Detectron2 and our own presets True
+        kind: str = "align",  # "align" (Mask R-CNN) or "pool" (Fast R-CNN's RoIPool)
+        canonical_size: float = 224.0,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if kind not in ("align", "pool"):
+            raise ValueError(f"pooler kind must be 'align' or 'pool', got {kind!r}")
+        self.output_size = (output_size, output_size)
+        self.scales = [1.0 / s for s in strides]
+        self.min_level = int(math.log2(strides[0]))
+        self.max_level = int(math.log2(strides[-1]))
+        self.sampling_ratio, self.aligned, self.kind = sampling_ratio, aligned, kind
+        self.canonical_size, self.canonical_level = canonical_size, canonical_level
+
+    def level_of(self, boxes: Tensor) -> Tensor:
+        """Index into the pooler's levels for each box (Tensor[B, 4]): Tensor[B] int64."""
+        size = torch.sqrt(box_area(boxes))
+        level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_size) + 1e-6)
+        return level.clamp(self.min_level, self.max_level).to(torch.int64) - self.min_level
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        """Pool ``boxes`` (one Tensor[Bi, 4] per image, in padded-image pixels) from ``features``
+        (one (N, C, Hl, Wl) per level, at least as many as strides): Tensor[B, C, S, S]."""
+        features = features[: len(self.scales)]
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])  # (B, 5)
+        channels = features[0].shape[1]
+        out = features[0].new_zeros((rois.shape[0], channels, *self.output_size))
+        if rois.shape[0] == 0:
+            return out
+        levels = self.level_of(rois[:, 1:])
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]
+            if idx.numel():
+                out[idx] = self._pool(feature, rois[idx], scale).to(out.dtype)
+        return out
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        if self.kind == "pool":
+            return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)

@@ -1,0 +1,100 @@
+"""Named model configurations: a plain dict of builder functions (no registry).
+
+The ``*_r50_fpn`` COCO presets keep torchvision's layout so that its published checkpoints load
+(91 class slots indexed by COCO category id, one anchor size per level, RoIAlign with aligned=False).
+Our own presets use 3 octave scales x 3 aspect ratios per location and aligned RoIAlign (Detectron2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from detector.modeling.anchors import AnchorConfig, octave_sizes
+from detector.modeling.backbone import BackboneConfig
+from detector.modeling.box_head import BoxHeadConfig
+from detector.modeling.fpn import FPNConfig
+from detector.modeling.keypoint_head import KeypointHeadConfig
+from detector.modeling.mask_head import MaskHeadConfig
+from detector.modeling.rcnn import ModelConfig
+from detector.modeling.rpn import RPNConfig
+from detector.modeling.transform import InputConfig
+
+# torchvision's 91-slot COCO indexing: label == COCO category id, "N/A" for the unused ids.
+COCO_CLASSES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza",
+    "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+COCO_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+# The built-in synthetic dataset's categories (detector.data.synthetic), in category-id order.
+SYNTHETIC_CLASSES = ("__background__", "circle", "square", "triangle", "person")
+
+
+def fasterrcnn_r50_fpn() -> ModelConfig:
+    """torchvision's fasterrcnn_resnet50_fpn (COCO v1: 37.0 box AP)."""
+    return ModelConfig(class_names=COCO_CLASSES)
+
+
+def maskrcnn_r50_fpn() -> ModelConfig:
+    """torchvision's maskrcnn_resnet50_fpn (COCO v1: 37.9 box AP, 34.6 mask AP)."""
+    return replace(fasterrcnn_r50_fpn(), mask=MaskHeadConfig())
+
+
+def keypointrcnn_r50_fpn() -> ModelConfig:
+    """torchvision's keypointrcnn_resnet50_fpn (COCO v1: 54.6 box AP, 65.0 keypoint AP)."""
+    return ModelConfig(class_names=("__background__", "person"), keypoint=KeypointHeadConfig(), keypoint_names=COCO_KEYPOINTS)
+
+
+def maskrcnn_x101_32x8d_fpn() -> ModelConfig:
+    """Mask R-CNN on ResNeXt-101 32x8d (Detectron2's X101-FPN recipe: aligned RoIAlign)."""
+    cfg = maskrcnn_r50_fpn()
+    return replace(cfg, backbone=BackboneConfig(arch="resnext101_32x8d"), box=replace(cfg.box, aligned=True))
+
+
+def maskkeypointrcnn_r50_fpn() -> ModelConfig:
+    """Boxes, masks and person keypoints in one model (COCO classes; keypoints for persons)."""
+    return replace(maskrcnn_r50_fpn(), keypoint=KeypointHeadConfig(), keypoint_names=COCO_KEYPOINTS)
+
+
+def small_r18_fpn() -> ModelConfig:
+    """Small enough to train on a 2-core CPU: ResNet-18 with GroupNorm (trains from scratch), a 128-channel
+    FPN, narrow heads, 320-pixel images; boxes, masks and keypoints of the synthetic dataset's classes."""
+    return ModelConfig(
+        class_names=SYNTHETIC_CLASSES,
+        backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5),
+        fpn=FPNConfig(out_channels=128, norm="gn"),
+        anchors=AnchorConfig(sizes=octave_sizes((16, 32, 64, 128, 256)), aspect_ratios=(0.5, 1.0, 2.0)),
+        rpn=RPNConfig(pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=200),
+        box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=128, detections_per_image=50),
+        mask=MaskHeadConfig(num_convs=2, conv_dim=128),
+        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128),
+        input=InputConfig(min_size=320, max_size=512),
+        keypoint_names=COCO_KEYPOINTS,
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "fasterrcnn_r50_fpn": fasterrcnn_r50_fpn,
+    "maskrcnn_r50_fpn": maskrcnn_r50_fpn,
+    "keypointrcnn_r50_fpn": keypointrcnn_r50_fpn,
+    "maskrcnn_x101_32x8d_fpn": maskrcnn_x101_32x8d_fpn,
+    "maskkeypointrcnn_r50_fpn": maskkeypointrcnn_r50_fpn,
+    "small_r18_fpn": small_r18_fpn,
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

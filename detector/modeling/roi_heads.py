@@ -1,0 +1,121 @@
+"""RoI heads: pool each proposal's features and run the box, mask and keypoint heads.
+
+``forward`` trains (samples proposals against the ground truth, returns losses); ``predict`` infers.
+Shape shorthand: N images, B RoIs over the batch, G ground-truth objects of an image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from detector.modeling.box_coder import encode_boxes
+from detector.modeling.box_head import BoxHead, BoxHeadConfig, box_inference, fastrcnn_loss
+from detector.modeling.keypoint_head import (
+    KeypointHead,
+    KeypointHeadConfig,
+    heatmaps_to_keypoints,
+    keypoint_loss,
+    keypoint_targets,
+)
+from detector.modeling.mask_head import MaskHead, MaskHeadConfig, mask_inference, mask_loss, mask_targets
+from detector.modeling.poolers import MultiLevelRoIPooler
+from detector.modeling.sampling import BELOW_LOW, BETWEEN, match, sample_balanced
+from detector.structures import Detections, Targets
+
+
+class RoIHeads(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        box: BoxHeadConfig = BoxHeadConfig(),
+        mask: MaskHeadConfig | None = None,
+        keypoint: KeypointHeadConfig | None = None,
+    ) -> None:
+        """``num_classes`` counts the background."""
+        super().__init__()
+        self.box_cfg = box
+        self.box_pooler = MultiLevelRoIPooler(box.pool_size, sampling_ratio=box.sampling_ratio, aligned=box.aligned, kind=box.pooler)
+        self.box_head = BoxHead(in_channels, num_classes, box)
+        self.mask_pooler = self.mask_head = self.keypoint_pooler = self.keypoint_head = None
+        if mask is not None:
+            self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned)
+            self.mask_head = MaskHead(in_channels, num_classes, mask)
+        if keypoint is not None:
+            self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio, aligned=box.aligned)
+            self.keypoint_head = KeypointHead(in_channels, keypoint)
+
+    def forward(self, features: list[Tensor], proposals: list[Tensor], targets: list[Targets]) -> dict[str, Tensor]:
+        """Losses of the sampled proposals (boxes in padded-batch pixels)."""
+        proposals, labels, matched = self._sample(proposals, targets)
+        class_logits, box_deltas = self.box_head(self.box_pooler(features, proposals))
+        gt_deltas = [
+            encode_boxes(t.boxes[m.clamp(min=0)], p, self.box_cfg.box_weights) if len(t) else torch.zeros_like(p)
+            for p, t, m in zip(proposals, targets, matched)
+        ]
+        losses = fastrcnn_loss(class_logits, box_deltas, torch.cat(labels), torch.cat(gt_deltas), self.box_cfg.smooth_l1_beta)
+        # The mask and keypoint heads learn from the foreground proposals only.
+        fg = [torch.where(lab > 0)[0] for lab in labels]
+        fg_boxes = [p[i] for p, i in zip(proposals, fg)]
+        fg_matched = [m[i] for m, i in zip(matched, fg)]
+        if self.mask_head is not None:
+            logits = self.mask_head(self.mask_pooler(features, fg_boxes))  # (B, C+1, M, M)
+            m = logits.shape[-1]
+            gt = [mask_targets(t.masks, b, g, m) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
+            gt = torch.cat(gt) if gt else logits.new_zeros((0, m, m))
+            losses["loss_mask"] = mask_loss(logits, torch.cat([lab[i] for lab, i in zip(labels, fg)]), gt)
+        if self.keypoint_head is not None:
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, fg_boxes))  # (B, P, S, S)
+            pairs = [keypoint_targets(t.keypoints[g], b, heatmaps.shape[-1]) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
+            if pairs:
+                losses["loss_keypoint"] = keypoint_loss(heatmaps, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+            else:
+                losses["loss_keypoint"] = heatmaps.sum() * 0
+        return losses
+
+    @torch.no_grad()
+    def _sample(self, proposals: list[Tensor], targets: list[Targets]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Adds the ground truth to the proposals and samples ``batch_size_per_image`` of them per image:
+        (proposals, labels (0 = background), index of the matched object)."""
+        cfg = self.box_cfg
+        out_props, out_labels, out_matched = [], [], []
+        for props, t in zip(proposals, targets):
+            props = torch.cat([props, t.boxes.to(props.dtype)])
+            if len(t):
+                matched = match(box_iou(t.boxes, props), cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
+                labels = t.labels[matched.clamp(min=0)].clone()
+                labels[matched == BELOW_LOW] = 0
+                labels[matched == BETWEEN] = -1
+            else:
+                matched = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
+                labels = torch.zeros_like(matched)
+            pos, neg = sample_balanced(labels, cfg.batch_size_per_image, cfg.positive_fraction)
+            keep = torch.cat([pos, neg])
+            out_props.append(props[keep])
+            out_labels.append(labels[keep])
+            out_matched.append(matched[keep])
+        return out_props, out_labels, out_matched
+
+    @torch.no_grad()
+    def predict(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[Detections]:
+        """Detections per image, in the (resized) pixels of ``image_sizes``."""
+        class_logits, box_deltas = self.box_head(self.box_pooler(features, proposals))
+        results = [
+            Detections(boxes=b, scores=s, labels=lab, image_size=size)
+            for (b, s, lab), size in zip(box_inference(class_logits, box_deltas, proposals, image_sizes, self.box_cfg), image_sizes)
+        ]
+        boxes = [d.boxes for d in results]
+        counts = [len(b) for b in boxes]
+        if self.mask_head is not None:
+            probs = mask_inference(self.mask_head(self.mask_pooler(features, boxes)), torch.cat([d.labels for d in results]))
+            for d, p in zip(results, probs.split(counts)):
+                d.mask_probs = p
+        if self.keypoint_head is not None:
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, boxes))
+            keypoints = heatmaps_to_keypoints(heatmaps, torch.cat(boxes))
+            for d, k in zip(results, keypoints.split(counts)):
+                d.keypoints = k
+        return results

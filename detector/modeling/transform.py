@@ -1,0 +1,81 @@
+"""Turning input images into the model's padded batch, and detections back into input pixels.
+
+Input contract: images are Tensor[3, H, W], float in [0, 1] (uint8 in [0, 255] is converted).
+Shape shorthand: N images; Hp x Wp the padded batch size, a multiple of ``size_divisible``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detector.structures import Detections
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    min_size: int = 800  # shorter side at inference (torchvision, Detectron2 COCO recipes)
+    max_size: int = 1333  # longer side at most
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, RGB in [0, 1]
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    size_divisible: int = 32  # so that every FPN level halves exactly
+
+
+def to_float(image: Tensor) -> Tensor:
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        return image.float().div_(255)
+    if not image.is_floating_point():
+        raise TypeError(f"expected a float or uint8 image, got {image.dtype}")
+    return image
+
+
+def normalize(image: Tensor, cfg: InputConfig) -> Tensor:
+    mean = torch.as_tensor(cfg.pixel_mean, dtype=image.dtype, device=image.device)[:, None, None]
+    std = torch.as_tensor(cfg.pixel_std, dtype=image.dtype, device=image.device)[:, None, None]
+    return (image - mean) / std
+
+
+def resize(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """Scale so that the shorter side is ``min_size`` unless the longer would pass ``max_size``."""
+    shape = torch.tensor(image.shape[-2:], dtype=torch.float32)
+    scale = torch.min(min_size / shape.min(), max_size / shape.max()).item()
+    return F.interpolate(
+        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )[0]
+
+
+def batch_images(images: list[Tensor], size_divisible: int) -> Tensor:
+    """Zero-pad (after normalisation) to a common size: Tensor[N, 3, Hp, Wp]."""
+    h = max(i.shape[1] for i in images)
+    w = max(i.shape[2] for i in images)
+    h = (h + size_divisible - 1) // size_divisible * size_divisible
+    w = (w + size_divisible - 1) // size_divisible * size_divisible
+    batch = images[0].new_zeros((len(images), 3, h, w))
+    for b, img in zip(batch, images):
+        b[:, : img.shape[1], : img.shape[2]].copy_(img)
+    return batch
+
+
+def rescale_detections(det: Detections, original_size: tuple[int, int]) -> Detections:
+    """Map detections from the resized image's pixels back to the original image's."""
+    ratio_h = torch.tensor(original_size[0], dtype=torch.float32) / torch.tensor(det.image_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(original_size[1], dtype=torch.float32) / torch.tensor(det.image_size[1], dtype=torch.float32)
+    scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(det.boxes)
+    keypoints = det.keypoints
+    if keypoints is not None:
+        keypoints = keypoints.clone()
+        keypoints[..., 0] *= ratio_w.to(keypoints)
+        keypoints[..., 1] *= ratio_h.to(keypoints)
+    return Detections(
+        boxes=det.boxes * scale,
+        scores=det.scores,
+        labels=det.labels,
+        image_size=tuple(original_size),
+        mask_probs=det.mask_probs,
+        keypoints=keypoints,
+    )

@@ -1,0 +1,87 @@
+"""Weights files in and out.
+
+Reads safetensors (ours) and torch files (torchvision's checkpoints) with ``torch.load(weights_only=True)``,
+which refuses any pickle that would run code. Keys must match the model exactly: missing, unexpected or
+mis-shaped keys are an error that lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from detector.modeling.backbone import set_frozen_bn_eps
+from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
+
+log = logging.getLogger(__name__)
+
+# torchvision's v1 COCO checkpoints reproduce their published AP only with FrozenBatchNorm eps = 0
+# (torchvision's model builders set it after loading them).
+TORCHVISION_FROZEN_BN_EPS = 0.0
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a weights file: safetensors, or a torch file holding a state_dict (or a training
+    checkpoint with one under "model"). Raises ValueError naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable weights file ({e.__class__.__name__}: {str(e).splitlines()[0]})") from e
+    except Exception as e:  # pickle.UnpicklingError and friends: an unsafe or corrupt pickle
+        raise ValueError(f"{path}: refused to load ({e.__class__.__name__}: {str(e).splitlines()[0]})") from e
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: does not hold a state_dict of tensors")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None = None) -> None:
+    """Load ``path`` into ``model`` strictly. torchvision checkpoints are renamed to our keys and, unless
+    ``frozen_bn_eps`` says otherwise, get FrozenBatchNorm eps = 0 as torchvision gives them."""
+    state = read_state_dict(path)
+    if is_torchvision_state_dict(state):
+        state = convert_torchvision_state_dict(state)
+        if frozen_bn_eps is None:
+            frozen_bn_eps = TORCHVISION_FROZEN_BN_EPS
+    load_state_dict_strict(model, state, source=str(path))
+    if frozen_bn_eps is not None:
+        set_frozen_bn_eps(model, frozen_bn_eps)
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str = "state_dict") -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    for name, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", shapes)):
+        if keys:
+            problems.append(f"{len(keys)} {name}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
+    if problems:
+        raise ValueError(f"{source} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = None, half: bool = False) -> None:
+    """Save as safetensors (nothing to unpickle on load); ``half`` stores floating tensors as float16."""
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[k] = v.half() if half and v.is_floating_point() else v
+    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
