@@ -1,0 +1,66 @@
+"""python -m detector.predict: images in, JSON out.
+
+    python -m detector.predict --model maskrcnn_r50_fpn --weights W.pth --out out.json a.jpg b.png
+
+Writes a JSON list, one object per image: {"file", "width", "height", "detections": [{"bbox": [x1, y1,
+x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y, score], ...]}]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from detector.data.images import read_image
+from detector.modeling.presets import PRESETS
+
+DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0])
+    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="model preset")
+    p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
+    p.add_argument("--out", type=Path, required=True, help="output JSON file")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.score_threshold <= 1.0:
+        p.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from detector.predictor import Predictor  # torch import after argument errors
+
+    try:
+        images = [read_image(path) for path in args.images]  # every file is checked before any work
+        predictor = Predictor.from_preset(args.model, args.weights, args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = []
+    for start in range(0, len(images), args.batch_size):
+        batch = images[start : start + args.batch_size]
+        for path, det in zip(args.images[start:], predictor.predict(batch)):
+            det = det[det.scores >= args.score_threshold]
+            results.append({"file": str(path), **predictor.to_json(det, masks=args.masks)})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results))
+    count = sum(len(r["detections"]) for r in results)
+    print(f"{len(results)} images, {count} detections -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

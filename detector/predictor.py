@@ -1,0 +1,102 @@
+"""The Predictor owns turning raw images into tensors and detections into JSON-able dicts.
+
+Input contract: images are HWC uint8 RGB numpy arrays, any size. Results are in each image's own pixels.
+The model (``detector.modeling``) knows nothing of files, numpy or JSON; the CLIs and the service know
+nothing of the model's insides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from detector.modeling.mask_paste import paste_masks
+from detector.modeling.presets import get_preset
+from detector.modeling.rcnn import RCNN, build_model
+from detector.structures import Detections
+from detector.weights import load_weights
+
+log = logging.getLogger(__name__)
+
+MASK_FORMATS = ("rle", "polygon", "none")
+
+
+class Predictor:
+    def __init__(self, model: RCNN, *, device: str | torch.device = "cpu", name: str = "custom", weights_path: Path | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.name = name
+        self.weights_path = Path(weights_path) if weights_path else None
+        self.class_names = list(model.cfg.class_names)
+        self.has_masks = model.cfg.mask is not None
+        self.has_keypoints = model.cfg.keypoint is not None
+
+    @classmethod
+    def from_preset(cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Predictor:
+        """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
+        preset's built-in weights are used where the project ships them, else the model is random."""
+        model = build_model(get_preset(preset))
+        if weights is None:
+            weights = builtin_weights(preset)
+        if weights is not None:
+            load_weights(model, weights)
+        else:
+            log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
+        return cls(model, device=device, name=preset, weights_path=weights)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One forward pass over ``images`` (HWC uint8 RGB). Detections come back on the CPU."""
+        tensors = []
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {desc}")
+            tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1).to(self.device))
+        if not tensors:
+            return []
+        return [d.to("cpu") for d in self.model.predict(tensors)]
+
+    def to_json(self, det: Detections, *, masks: str = "rle", keypoints: bool = True) -> dict:
+        """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",
+        "category", "mask"?, "keypoints"?}]}, boxes as [x1, y1, x2, y2] in image pixels."""
+        if masks not in MASK_FORMATS:
+            raise ValueError(f"masks must be one of {MASK_FORMATS}, got {masks!r}")
+        height, width = det.image_size
+        items = [
+            {"bbox": [round(v, 2) for v in box], "score": round(score, 4), "label": label, "category": self.class_names[label]}
+            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist())
+        ]
+        if det.mask_probs is not None and masks == "rle":
+            for item, rle in zip(items, det.rle_masks()):
+                item["mask"] = rle
+        elif det.mask_probs is not None and masks == "polygon":
+            for item, polygons in zip(items, mask_polygons(det)):
+                item["mask"] = {"size": [height, width], "polygons": polygons}
+        if det.keypoints is not None and keypoints:
+            for item, kps in zip(items, det.keypoints.tolist()):
+                item["keypoints"] = [[round(x, 2), round(y, 2), round(s, 3)] for x, y, s in kps]
+        return {"width": width, "height": height, "detections": items}
+
+
+def mask_polygons(det: Detections) -> list[list[list[float]]]:
+    """Outer contours of each mask as COCO polygons ([x1, y1, x2, y2, ...] per part)."""
+    import cv2  # only this output format needs OpenCV
+
+    out = []
+    for mask in paste_masks(det.mask_probs, det.boxes, det.image_size).numpy().astype(np.uint8):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
+    return out
+
+
+# The repository's weights/ folder: built-in models ship there as <preset>.safetensors.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def builtin_weights(preset: str) -> Path | None:
+    path = WEIGHTS_DIR / f"{preset}.safetensors"
+    return path if path.is_file() else None

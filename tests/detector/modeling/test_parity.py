@@ -1,0 +1,113 @@
+"""Same weights, same images: our models give torchvision's detections.
+
+torchvision's models are composed as its builders do when loading COCO checkpoints (FrozenBatchNorm),
+with random weights under a fixed seed; see parity_utils.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import clip_boxes_to_image
+
+from detector.modeling.presets import get_preset
+from detector.modeling.rcnn import RCNN
+from detector.modeling.transform import InputConfig
+from detector.weights import load_weights
+from detector.weights.loading import load_state_dict_strict
+from detector.weights.torchvision_keys import convert_torchvision_state_dict
+from tests.detector.modeling.parity_utils import torchvision_reference
+
+BOX_TOL = 1e-3  # pixels; reached: 0.0 (bit-identical) on this CPU
+
+
+def _images():
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 300, 400, generator=g), torch.rand(3, 360, 280, generator=g)]
+
+
+def _ours(preset: str) -> RCNN:
+    return RCNN(replace(get_preset(preset), input=InputConfig(min_size=320, max_size=512))).eval()
+
+
+def _assert_same(ref: dict, det, image_size) -> None:
+    assert len(det) == len(ref["boxes"]) > 10
+    torch.testing.assert_close(det.boxes, ref["boxes"], atol=BOX_TOL, rtol=0)
+    torch.testing.assert_close(det.scores, ref["scores"], atol=1e-5, rtol=0)
+    assert torch.equal(det.labels, ref["labels"])
+    if "masks" in ref:
+        torch.testing.assert_close(det.masks(), ref["masks"][:, 0] > 0.5, atol=0, rtol=0)
+    if "keypoints" in ref:
+        torch.testing.assert_close(det.keypoints[..., :2], ref["keypoints"][..., :2], atol=BOX_TOL, rtol=0)
+        torch.testing.assert_close(det.keypoints[..., 2], ref["keypoints_scores"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn"])
+def test_same_detections_as_torchvision(preset, tmp_path):
+    tv = torchvision_reference(preset, eps=0.0)
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)  # as torchvision's checkpoints are saved
+    ours = _ours(preset)
+    load_weights(ours, path)  # a torchvision file: renamed, FrozenBN eps = 0 as torchvision sets it
+    images = _images()
+    with torch.no_grad():
+        refs = tv(images)
+    for ref, det, img in zip(refs, ours.predict(images), images):
+        _assert_same(ref, det, img.shape[-2:])
+
+
+def test_frozen_bn_eps_matters_and_is_set_for_torchvision_files(tmp_path):
+    tv = torchvision_reference("fasterrcnn_r50_fpn", eps=0.0)
+    ours = _ours("fasterrcnn_r50_fpn")
+    load_state_dict_strict(ours, convert_torchvision_state_dict(tv.state_dict()))  # keeps eps = 1e-5
+    image = _images()[:1]
+    with torch.no_grad():
+        ref = tv(image)[0]
+    wrong = ours.predict(image)[0]
+    assert len(wrong) != len(ref["boxes"]) or not torch.allclose(wrong.boxes, ref["boxes"], atol=1e-2)
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    load_weights(ours, path)
+    _assert_same(ref, ours.predict(image)[0], image[0].shape[-2:])
+
+
+def _old_spelling(state: dict) -> dict:
+    """Keys as torchvision saved them before 2020."""
+    old = {}
+    for k, v in state.items():
+        k = k.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+        for block in ("inner_blocks", "layer_blocks"):
+            for i in range(4):
+                k = k.replace(f"backbone.fpn.{block}.{i}.0.", f"backbone.fpn.{block}.{i}.")
+        for i in range(4):
+            k = k.replace(f"roi_heads.mask_head.{i}.0.", f"roi_heads.mask_head.mask_fcn{i + 1}.")
+        old[k] = v
+    return old
+
+
+def test_pre_2020_key_names_load(tmp_path):
+    tv = torchvision_reference("maskrcnn_r50_fpn", eps=0.0)
+    old = _old_spelling(tv.state_dict())
+    assert "rpn.head.conv.weight" in old and "backbone.fpn.inner_blocks.0.weight" in old
+    assert "roi_heads.mask_head.mask_fcn1.weight" in old
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    ours = _ours("maskrcnn_r50_fpn")
+    load_weights(ours, path)
+    image = _images()[:1]
+    with torch.no_grad():
+        ref = tv(image)[0]
+    _assert_same(ref, ours.predict(image)[0], image[0].shape[-2:])
+
+
+def test_pasted_masks_match_torchvision_paste():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(20, 28, 28, generator=g)
+    xy = torch.rand(20, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(20, 2, generator=g) * 60], dim=1)
+    boxes = clip_boxes_to_image(boxes, (120, 160))  # as detections are
+    ref = paste_masks_in_image(probs[:, None], boxes, (120, 160), padding=1)[:, 0] > 0.5
+    from detector.modeling.mask_paste import paste_masks
+
+    assert torch.equal(paste_masks(probs, boxes, (120, 160)), ref)
