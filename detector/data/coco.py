@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from detector.data.images import read_image
 from detector.structures import Targets
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ class CocoDataset(Dataset):
                 f"{self.annotation_file}; pass skip_bad_images=True to skip missing images"
             )
         if missing:
-            logger.warning("%d images listed in %s are missing from %s", len(missing), self.annotation_file, self.images_dir)
+            logger.warning(
+                "%d images listed in %s are missing from %s", len(missing), self.annotation_file, self.images_dir
+            )
         self.stats.images_missing_or_corrupt += len(missing)
         return records
 
@@ -211,20 +213,15 @@ class CocoDataset(Dataset):
         )
 
     def _read_image(self, record: _Record) -> Tensor:
-        """Decode with Pillow, EXIF orientation applied, as Tensor[3, H, W] uint8 RGB."""
+        """Decode as Tensor[3, H, W] uint8 RGB, EXIF orientation applied, as the Predictor's images are."""
         path = self.images_dir / record.file_name
-        try:
-            with Image.open(path) as raw:
-                pil = ImageOps.exif_transpose(raw).convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise ValueError(f"cannot decode image {path}: {error}") from error
-        if (pil.height, pil.width) != (record.height, record.width):
+        array = read_image(path)  # (H, W, 3); ValueError naming the file when unreadable
+        if array.shape[:2] != (record.height, record.width):
             raise ValueError(
-                f"image {path} is {pil.width}x{pil.height} (W x H, EXIF orientation applied) but "
+                f"image {path} is {array.shape[1]}x{array.shape[0]} (W x H, EXIF orientation applied) but "
                 f"{self.annotation_file} says {record.width}x{record.height}"
             )
-        array = np.asarray(pil, dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
     def _item(self, record: _Record, image: Tensor) -> tuple[Tensor, Targets, dict]:
         anns = [self.coco.anns[a] for a in record.annotation_ids]
@@ -234,7 +231,12 @@ class CocoDataset(Dataset):
             masks=self._masks(record, anns) if self.with_masks else None,
             keypoints=self._keypoints(anns) if self.has_keypoints else None,
         )
-        info = {"image_id": record.image_id, "file_name": record.file_name, "height": record.height, "width": record.width}
+        info = {
+            "image_id": record.image_id,
+            "file_name": record.file_name,
+            "height": record.height,
+            "width": record.width,
+        }
         if self.transforms is not None:
             image, targets = self.transforms(image, targets)
         return image, targets, info

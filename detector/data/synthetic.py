@@ -53,6 +53,9 @@ MIN_VISIBLE_FRACTION = 0.2  # an object with less of its in-image area visible c
 MIN_VISIBLE_PIXELS = 16  # ... and so does one with fewer visible pixels than this
 MIN_IMAGE_SIZE = 32  # smaller images leave no room for the objects' minimum sizes
 # Size ranges as fractions of the image size: radius, half side, circumradius, head-to-ankle height.
+# A person's limb angles in radians outwards from hanging down: arms from a little inwards to raised
+# overhead, legs from straight to astride. Order: left arm, right arm, left leg, right leg.
+POSE_RANGES = ((-0.2, 2.6), (-0.2, 2.6), (0.0, 0.6), (0.0, 0.6))
 SIZE_RANGES = {"circle": (0.06, 0.2), "square": (0.06, 0.17), "triangle": (0.08, 0.24), "person": (0.35, 0.9)}
 
 
@@ -247,7 +250,7 @@ def _random_shape(rng: np.random.Generator, background: np.ndarray, size: int) -
         size=float(rng.uniform(*SIZE_RANGES[kind]) * size),
         colour=tuple(int(c) for c in colour),
         angle=float(rng.uniform(0, 2 * math.pi)),
-        pose=(float(rng.uniform(-0.2, 2.6)), float(rng.uniform(-0.2, 2.6)), float(rng.uniform(0, 0.6)), float(rng.uniform(0, 0.6))),
+        pose=tuple(float(rng.uniform(low, high)) for low, high in POSE_RANGES),
     )
 
 
