@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # writing --out, --metrics-out or --plots
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     finally:
         finish(ctx)
 
@@ -123,12 +126,19 @@ def _print_report(evaluations: list[CocoEvalResult], voc: VocResult | None, infe
 
 def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[dict], list[str], float]:
     """(every rank's results, the IoU types to score, the seconds spent predicting and gathering)."""
-    predictor = load_predictor(args.model, args.weights, args.device)
+    with _blame(f"model {args.model}"):
+        try:
+            predictor = load_predictor(args.model, args.weights, args.device)
+        except (OSError, KeyError) as e:
+            raise ValueError(str(e)) from None
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)
     iou_types = _choose_iou_types(args.iou_types, provided, f"model {args.model}", allow_missing=False)
     _check_annotations_support(coco_gt, iou_types, args.ann)  # before the long part
     with _blame(args.ann):
         mapping = label_to_category_id(predictor.class_names, coco_gt.dataset["categories"])
+        if not mapping:
+            raise ValueError(f"no category is named as a class of model {args.model} "
+                             f"({', '.join(predictor.class_names[1:6])}, ...)")
     records = shard(coco_gt.loadImgs(sorted(coco_gt.getImgIds())), ctx)
     start = time.perf_counter()
     local = predict_coco_results(predictor, records, args.images, mapping, batch_size=args.batch_size,
@@ -137,7 +147,8 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[
     return results, iou_types, time.perf_counter() - start
 
 
-def _choose_iou_types(requested: list[str] | None, provided: list[str], source: str, *, allow_missing: bool) -> list[str]:
+def _choose_iou_types(requested: list[str] | None, provided: list[str], source: str, *,
+                      allow_missing: bool) -> list[str]:
     """The requested IoU types (default: those provided, else bbox); a ValueError for one not provided,
     unless ``allow_missing`` (empty results score 0 on anything)."""
     if not requested:

@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.evaluation.coco_results import RESULT_KEY
+from detector.evaluation.coco_results import RESULT_KEY, validate_results
 from detector.evaluation.ground_truth import check_iou_type_supported, keypoint_category_ids
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,13 @@ class CocoEvalResult:
 def evaluate_coco(coco_gt: COCO, results: Sequence[Mapping], iou_type: str) -> CocoEvalResult:
     """Score the ``results`` that carry ``iou_type``'s key against every image of ``coco_gt``.
 
-    Results must have been checked (``validate_results``): ids that ``coco_gt`` lacks fail inside pycocotools.
+    A result whose image or category id ``coco_gt`` lacks is a ValueError naming the id.
     For keypoints only the categories that have keypoints are scored.
     For segm the results' boxes are dropped so that the area ranges use the mask area, as for the ground truth
     (pycocotools would otherwise take the box area).
     """
     check_iou_type_supported(coco_gt, iou_type)
+    validate_results(list(results), coco_gt)
     key = RESULT_KEY[iou_type]
     selected = [copy.deepcopy(dict(r)) for r in results if key in r]  # loadRes writes into the results
     if iou_type == "segm":

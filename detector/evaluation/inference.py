@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from detector.data.images import read_image
 from detector.evaluation.coco_results import detections_to_coco
 from detector.structures import Detections
 
@@ -23,19 +23,6 @@ class ImagePredictor(Protocol):
     class_names: list[str]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """The image at ``path`` as HWC uint8 RGB, turned upright by its EXIF orientation."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            return np.asarray(upright.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such image") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: cannot read the image ({e})") from None
 
 
 def predict_coco_results(
@@ -72,7 +59,7 @@ def predict_coco_results(
 
 
 def _load_record_image(images_dir: Path, record: Mapping) -> np.ndarray:
-    image = load_image(images_dir / record["file_name"])
+    image = read_image(images_dir / record["file_name"])  # upright HWC uint8 RGB; ValueError naming the file
     expected = (record.get("height"), record.get("width"))
     if None not in expected and image.shape[:2] != expected:
         logger.warning("%s is %dx%d (HxW) but the annotations say %dx%d", record["file_name"],

@@ -41,7 +41,7 @@ def plot_pr_curves(result: CocoEvalResult, out_dir: str | Path) -> Path:
             ap = float(curve.mean())
             ax.plot(result.rec_thrs, curve, label=f"{_threshold_name(result.iou_type)}={iou:.2f} (AP {ap:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"{result.iou_type}: area all, maxDets {result.max_dets[-1]}")
+           title=f"{result.iou_type}: mean of categories, area all, maxDets {result.max_dets[-1]}")
     ax.grid(True, alpha=0.3)
     if ax.lines:
         ax.legend(loc="lower left")
