@@ -1,0 +1,84 @@
+"""``python -m api [--flags]``: serve the model with uvicorn.
+
+Each setting (``api/settings.py``) has a flag, ``--max-batch-size 8`` for ``max_batch_size``;
+flags override ``DETECTOR_*`` environment variables, which override the defaults.
+
+SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish,
+queued ones are served, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from api.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m api", description="Serve the detection model over HTTP. Flags override DETECTOR_* variables."
+    )
+    for name, field in Settings.model_fields.items():
+        # SUPPRESS: an absent flag leaves the environment or default in place.
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=field.description)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[dict[str, str], str]:
+    """(the settings given as flags, the log level)."""
+    args = vars(_parser().parse_args(argv))
+    log_level = args.pop("log_level")
+    return args, log_level
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app it is draining as soon as the signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides, log_level = parse_args(argv)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        _parser().error(str(exc))  # exits 2 with the usage line
+    from api.main import create_app  # here, not at the top: --help need not import torch
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+
+    def drain() -> None:
+        app.state.service.draining = True
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
+    server = _Server(config, on_exit=drain)
+    # uvicorn re-raises the signal it shut down on, once it is done, to give the default handler
+    # its say; by then we have shut down gracefully, so that second delivery is a no-op (exit 0).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _already_handled)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _already_handled(sig: int, frame: FrameType | None) -> None:
+    pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

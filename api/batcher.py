@@ -1,0 +1,263 @@
+"""Dynamic batching: concurrent requests share one forward pass.
+
+A request ``submit``s its item and awaits its own result. One worker task takes the oldest
+waiting item, gathers more for up to ``max_wait_ms`` after that item arrived (at most
+``max_batch_size`` in all), and runs ``fn(items)`` in a dedicated thread so the event loop stays
+free. While a batch runs, the next one gathers in the queue.
+
+Failure handling, per request:
+- the queue is bounded: a full queue refuses at once (``QueueFull``, with a retry hint);
+- an item still waiting when its ``timeout_s`` has passed is dropped, not run (``DeadlineExceeded``);
+- if ``fn`` raises on a batch of several, each item is run alone, so only the item that breaks it
+  fails (``BatchFailed``) and the others still get their results; the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherError(Exception):
+    """A request the batcher could not serve; subclasses say why."""
+
+
+class QueueFull(BatcherError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the server is busy (queue full); retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(BatcherError):
+    pass
+
+
+class BatchFailed(BatcherError):
+    pass
+
+
+class BatcherClosed(BatcherError):
+    pass
+
+
+class BatchObserver(Protocol):
+    """What the batcher reports (``api/metrics.py`` implements it for Prometheus)."""
+
+    def observe_batch(self, size: int, run_s: float) -> None: ...
+    def observe_queue_wait(self, wait_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchOutcome(Generic[R]):
+    value: R
+    queue_s: float  # from submit to the start of its batch's forward
+    run_s: float  # the batch's forward
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    item: Any
+    future: asyncio.Future
+    enqueued_at: float
+    deadline: float
+    started: bool = False
+
+
+@dataclass
+class _Stop:
+    """Put in the queue by ``close``: everything before it is still served."""
+
+
+class Batcher(Generic[T, R]):
+    """Runs ``fn(items) -> results`` (one result per item, in order) on batches of submitted items."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 4,
+        max_wait_ms: float = 10.0,
+        queue_size: int = 64,
+        timeout_s: float = math.inf,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or timeout_s <= 0:
+            raise ValueError(
+                "need max_batch_size >= 1, queue_size >= 1, max_wait_ms >= 0, timeout_s > 0; got "
+                f"{max_batch_size}, {queue_size}, {max_wait_ms}, {timeout_s}"
+            )
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self.observer = observer
+        self._queue: asyncio.Queue[_Pending | _Stop] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._mean_run_s = 0.1  # running mean of a batch's forward, for the Retry-After hint
+        # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-forward")
+
+    def start(self) -> None:
+        """Start the worker; call from the event loop that will ``submit``."""
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the model (not counting the batch running now)."""
+        return self._queue.qsize()
+
+    def ensure_room(self) -> None:
+        """Raise now what ``submit`` would raise at once, so a caller can refuse before costly work
+        (decoding an image) rather than after it."""
+        if self._closed or self._task is None:
+            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+        if self._queue.full():
+            raise QueueFull(self._retry_after_s())
+
+    async def submit(self, item: T) -> BatchOutcome[R]:
+        """Queue ``item`` and wait for its result; raises a ``BatcherError`` when it cannot be served."""
+        if self._closed or self._task is None:
+            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+        now = time.monotonic()
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise QueueFull(self._retry_after_s()) from None
+        try:
+            # shield: a timeout must not cancel the future before we know whether it started.
+            timeout = None if math.isinf(self.timeout_s) else self.timeout_s
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except asyncio.TimeoutError:
+            if pending.started:  # already in a forward pass: its result is moments away
+                return await pending.future
+            pending.future.cancel()  # the worker skips cancelled items
+            raise DeadlineExceeded(f"waited {self.timeout_s:g} s in the queue without reaching the model") from None
+        except asyncio.CancelledError:  # the client went away: do not run its item
+            pending.future.cancel()
+            raise
+
+    async def close(self) -> None:
+        """Refuse new items, serve every queued one, then stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            await self._queue.put(_Stop())  # waits for room: the worker keeps draining
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    def _retry_after_s(self) -> int:
+        batches_ahead = math.ceil(self._queue.qsize() / self.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self._mean_run_s))
+
+    async def _work(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            stop = False
+            while not stop:
+                batch, stop = await self._gather()
+                if batch:
+                    await self._run(batch)
+        finally:  # stopped, or cancelled mid-batch as the loop closes: nobody may wait forever
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for pending in batch:
+                if isinstance(pending, _Pending):
+                    _fail(pending, BatcherClosed("the server is shutting down"))
+
+    async def _gather(self) -> tuple[list[_Pending], bool]:
+        """Wait for one live item, then take more until the batch is full or its wait is over."""
+        batch: list[_Pending] = []
+        gather_until = math.inf
+        while len(batch) < self.max_batch_size:
+            if self._queue.empty():
+                remaining = gather_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                entry = self._queue.get_nowait()
+            if isinstance(entry, _Stop):
+                return batch, True
+            if self._is_live(entry):
+                batch.append(entry)
+                # The window starts when the first item arrived: items that already waited
+                # behind a running batch do not wait again.
+                gather_until = min(gather_until, entry.enqueued_at + self.max_wait_ms / 1000)
+        return batch, False
+
+    def _is_live(self, pending: _Pending) -> bool:
+        if pending.future.done():  # cancelled: timed out or the client left
+            return False
+        if time.monotonic() > pending.deadline:
+            pending.future.set_exception(DeadlineExceeded(f"waited {self.timeout_s:g} s in the queue"))
+            return False
+        return True
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
+        for pending in batch:
+            pending.started = True
+            if self.observer is not None:
+                self.observer.observe_queue_wait(started - pending.enqueued_at)
+        try:
+            values = await self._call([p.item for p in batch])
+        except Exception:
+            logger.exception("a batch of %d failed", len(batch))
+            if len(batch) == 1:
+                _fail(batch[0], BatchFailed("inference failed for this image"))
+                return
+            await self._run_alone(batch)
+            return
+        run_s = time.monotonic() - started
+        self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * run_s
+        if self.observer is not None:
+            self.observer.observe_batch(len(batch), run_s)
+        for pending, value in zip(batch, values):
+            if not pending.future.done():
+                pending.future.set_result(BatchOutcome(value, started - pending.enqueued_at, run_s, len(batch)))
+
+    async def _run_alone(self, batch: list[_Pending]) -> None:
+        """After a failed batch: one item at a time, so one bad item fails only itself."""
+        for pending in batch:
+            started = time.monotonic()
+            try:
+                (value,) = await self._call([pending.item])
+            except Exception:
+                logger.exception("an item failed on its own")
+                _fail(pending, BatchFailed("inference failed for this image"))
+                continue
+            run_s = time.monotonic() - started
+            if self.observer is not None:
+                self.observer.observe_batch(1, run_s)
+            if not pending.future.done():
+                pending.future.set_result(BatchOutcome(value, started - pending.enqueued_at, run_s, 1))
+
+    async def _call(self, items: list[T]) -> Sequence[R]:
+        values = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, items)
+        if len(values) != len(items):
+            raise RuntimeError(f"batch function gave {len(values)} results for {len(items)} items")
+        return values
+
+
+def _fail(pending: _Pending, error: BatcherError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

@@ -1,0 +1,185 @@
+"""Untrusted bytes -> an HWC uint8 RGB array (the Predictor's input contract), or a clear error.
+
+Each error names what was wrong and maps to one HTTP status at the edge (``api/deps.py``):
+``ImageTooLarge`` -> 413, ``UnsupportedImage`` -> 415, ``InvalidImage`` -> 422.
+``BodySizeLimit`` enforces the request-body limit while the body streams in, so a client
+cannot make the server buffer more than the limit, whether or not it sends Content-Length.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+# Pillow's names. GIF and MPO (multi-picture JPEG) give their first frame, as Image.open does.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO")
+_DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # Pillow opens MPO files with its JPEG decoder
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageError(ValueError):
+    """The request's image cannot be used; the message says why."""
+
+
+class ImageTooLarge(ImageError):
+    pass
+
+
+class UnsupportedImage(ImageError):
+    pass
+
+
+class InvalidImage(ImageError):
+    pass
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Make sure Pillow's own bomb guard never rejects an image our ``max_pixels`` accepts.
+
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that. It is process-wide,
+    so it is only ever raised here (apps with different caps can live in one process); our
+    explicit ``img.size`` check before ``load()`` is what enforces the cap.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode one image: EXIF orientation applied, any mode converted to RGB.
+
+    Returns np.ndarray[H, W, 3] uint8. Raises an ``ImageError`` subclass for any bad input.
+    """
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    img = _open(data)
+    width, height = img.size
+    if width * height > max_pixels:  # checked before load(): decoding is what costs memory
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed")
+    try:
+        img.load()
+    except Image.DecompressionBombError as exc:  # e.g. an oversized frame or chunk inside the file
+        raise ImageTooLarge(str(exc)) from exc
+    except MemoryError:
+        raise
+    # Pillow's decoders signal bad data with OSError, SyntaxError, ValueError, struct.error,
+    # EOFError, IndexError ...; any of them here means the file, not the server, is broken.
+    except Exception as exc:
+        raise InvalidImage(f"cannot decode the {img.format} image ({type(exc).__name__}: {exc})") from exc
+    return _to_rgb(_upright(img))
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as they are stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        logger.warning("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
+        return img
+
+
+def _open(data: bytes) -> Image.Image:
+    """Parse the header with only the allowed decoders; name the format of anything else."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=_DECODERS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from exc
+    except UnidentifiedImageError:
+        pass
+    except MemoryError:
+        raise
+    except Exception as exc:  # a known format whose header is broken
+        raise InvalidImage(f"cannot read the image header ({type(exc).__name__}: {exc})") from exc
+    else:
+        if img.format in ALLOWED_FORMATS:
+            return img
+    raise UnsupportedImage(_unsupported_message(data))
+
+
+def _unsupported_message(data: bytes) -> str:
+    allowed = ", ".join(ALLOWED_FORMATS)
+    try:  # header only, to say what it was; nothing is decoded
+        with Image.open(io.BytesIO(data)) as other:
+            found = other.format
+    except Exception:
+        found = None
+    if found is None:
+        return f"not a recognised image; send one of {allowed}"
+    return f"{found} images are not supported; send one of {allowed}"
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> np.ndarray[H, W, 3] uint8 (a fresh, writable array)."""
+    if img.mode == "RGB":
+        return np.array(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grey (PNG): keep the top 8 bits. Image.convert would clip at 255 instead.
+        grey = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)  # (H, W)
+        return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels over white, as a viewer shows them, rather than their hidden colour.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.array(img.convert("RGB"))  # L, 1, P, CMYK, YCbCr, F ...
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 once a request body passes ``max_bytes``.
+
+    A Content-Length over the limit is refused at the first read, before any byte is received; a
+    chunked (or lying) body is counted as it streams and refused as soon as the count passes the
+    limit. Refusing at the read, not on arrival, lets routing, auth and option checks go first.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared_too_large = declared.isdigit() and int(declared) > self.max_bytes
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            if declared_too_large:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            body = json.dumps({"detail": f"request body is larger than {self.max_bytes} bytes"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 413, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,121 @@
+"""``create_app`` builds the service. Nothing is loaded at import: the lifespan loads the model
+(in the background, so /healthz answers while it loads and /readyz says 503 until it is warm)
+and, at shutdown, serves every queued request before it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.batcher import Batcher
+from api.decode import BodySizeLimit, allow_pixels
+from api.deps import Service
+from api.metrics import Metrics, RequestMetrics
+from api.routes import detect, health, metrics, model
+from api.settings import Settings
+from detector.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+_WARMUP_IMAGE_HW = (480, 640)  # a typical photo's shape; the first forward allocates and tunes kernels
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+    """The app; it loads ``Predictor.from_preset(settings.preset, ...)`` at startup unless given one."""
+    settings = settings if settings is not None else Settings()
+    allow_pixels(settings.max_pixels)
+    app = FastAPI(
+        title="detector",
+        summary="Faster / Mask / Keypoint R-CNN detections over HTTP, batched across requests",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = Service(settings=settings, metrics=Metrics(), predictor=predictor)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    # add_middleware wraps: the last added runs first. Metrics see every answer, 413s included.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=app.state.service.metrics)
+    for router in (detect.router, health.router, model.router, metrics.router):
+        app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load in the background (/healthz answers meanwhile); at shutdown, serve the queue first."""
+    service: Service = app.state.service
+    loading = asyncio.create_task(_load(service), name="load-model")
+    try:
+        yield
+    finally:
+        service.draining = True
+        service.metrics.model_ready.set(0)
+        if not loading.done():
+            loading.cancel()  # a load running in its thread still finishes before the process exits
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+        if service.batcher is not None:
+            await service.batcher.close()  # serves what is queued, refuses the rest
+        logger.info("drained; shut down")
+
+
+async def _load(service: Service) -> None:
+    """Load the model unless the app was given one, warm it up, start the batcher, turn ready."""
+    settings, predictor = service.settings, service.predictor
+    try:
+        if predictor is None:
+            logger.info("loading preset %s on %s", settings.preset, settings.device)
+            predictor = await asyncio.to_thread(Predictor.from_preset, settings.preset, settings.weights, settings.device)
+        if predictor.weights_path is not None:
+            service.weights_sha256 = await asyncio.to_thread(_sha256, Path(predictor.weights_path))
+        await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])
+    except Exception as exc:
+        logger.exception("the model failed to load")
+        service.load_error = f"{type(exc).__name__}: {exc}"
+        return
+    batcher = Batcher(
+        predictor.predict,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        queue_size=settings.queue_size,
+        timeout_s=settings.request_timeout_s,
+        observer=service.metrics,
+    )
+    batcher.start()
+    service.metrics.track_queue_depth(lambda: batcher.depth)
+    service.predictor, service.batcher = predictor, batcher
+    service.ready = True
+    service.metrics.model_ready.set(1)
+    logger.info("ready: %s on %s", predictor.name, predictor.device)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable string, like every other error here: "score_threshold: Input should be ..."."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
+        problems.append(f"{where}: {error['msg']}")
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "internal server error"}, status_code=500)

@@ -1,0 +1,1 @@
+"""One router per resource: detections, health, the model (and its metrics)."""

@@ -1,0 +1,104 @@
+"""POST /detect (JSON) and POST /detect/render (PNG): one image in, its detections out."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Request, Response
+
+from api.batcher import BatcherError
+from api.deps import DetectOptionsDep, ReadyServiceDep, Service, http_error, receive_image, require_api_key
+from api.render import render_png
+from api.schemas import DetectionResponse, DetectOptions, Timings, errors
+from detector.structures import Detections
+
+router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)])
+
+# The body is read by hand (two content types), so it is described here for the OpenAPI document.
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the image (JPEG, PNG, WebP, BMP, GIF or MPO) as a multipart file field `image`, or as the raw body",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_ERRORS = errors(400, 401, 413, 415, 422, 500, 503, 504)
+
+
+@router.post("/detect", response_model=DetectionResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY)
+async def detect(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> DetectionResponse:
+    """Detect objects in one image."""
+    _, result, timings = await _detect(request, service, options)
+    return DetectionResponse(**result, model=service.predictor.name, timings=timings)
+
+
+@router.post(
+    "/detect/render",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the image with its detections drawn"}, **_ERRORS},
+    openapi_extra=_IMAGE_BODY,
+)
+async def detect_render(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> Response:
+    """Detect objects in one image and draw them on it (boxes, labels, masks, keypoints)."""
+    image, result, timings = await _detect(request, service, options)
+    png = await anyio.to_thread.run_sync(render_png, image, result)
+    return Response(png, media_type="image/png", headers={"Server-Timing": _server_timing(timings)})
+
+
+async def _detect(request: Request, service: Service, options: DetectOptions) -> tuple[np.ndarray, dict, Timings]:
+    """Decode, wait for a batched forward, then select and encode this request's detections."""
+    try:
+        service.batcher.ensure_room()  # a full queue refuses before the body is read and decoded
+        image = await receive_image(request, service.settings)
+        outcome = await service.batcher.submit(image)
+    except BatcherError as exc:
+        raise http_error(exc) from exc
+    labels = _labels(service, options)
+    result = await anyio.to_thread.run_sync(_encode, service, outcome.value, options, labels)
+    started = getattr(request.state, "started", None) or time.perf_counter()
+    timings = Timings(
+        queue_ms=outcome.queue_s * 1000,
+        inference_ms=outcome.run_s * 1000,
+        total_ms=(time.perf_counter() - started) * 1000,
+    )
+    return image, result, timings
+
+
+def _labels(service: Service, options: DetectOptions) -> list[int] | None:
+    names = options.class_names()
+    if names is None:
+        return None
+    wanted = set(names)
+    return [label for label, name in enumerate(service.predictor.class_names) if label > 0 and name in wanted]
+
+
+def _encode(service: Service, det: Detections, options: DetectOptions, labels: list[int] | None) -> dict:
+    det = select(det, options.score_threshold, options.max_detections, labels)
+    return service.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
+
+
+def select(det: Detections, score_threshold: float, max_detections: int, labels: list[int] | None) -> Detections:
+    """The detections scoring at least ``score_threshold`` with a label in ``labels`` (all when None),
+    best first, at most ``max_detections``."""
+    keep = det.scores >= score_threshold  # (K,) bool
+    if labels is not None:
+        keep &= torch.isin(det.labels, torch.as_tensor(labels, dtype=det.labels.dtype, device=det.labels.device))
+    index = keep.nonzero().flatten()  # (K',)
+    index = index[det.scores[index].argsort(descending=True)][:max_detections]
+    return det[index]
+
+
+def _server_timing(timings: Timings) -> str:
+    return f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}, total;dur={timings.total_ms:.1f}"

@@ -1,0 +1,30 @@
+"""GET /healthz (the process is alive) and GET /readyz (it can take traffic); never behind a key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from api.deps import ServiceDep
+from api.schemas import HealthResponse, ReadinessResponse, errors
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthResponse, responses=errors(503))
+async def healthz(service: ServiceDep) -> HealthResponse:
+    """Alive: the event loop answers. 503 only if the model failed to load (restart to retry)."""
+    if service.load_error is not None:
+        raise HTTPException(503, f"the model failed to load: {service.load_error}")
+    return HealthResponse()
+
+
+@router.get("/readyz", response_model=ReadinessResponse, responses=errors(503))
+async def readyz(service: ServiceDep) -> ReadinessResponse:
+    """Ready: the model is loaded and warmed up, and the server is not shutting down."""
+    if service.load_error is not None:
+        raise HTTPException(503, f"the model failed to load: {service.load_error}")
+    if service.draining:
+        raise HTTPException(503, "shutting down")
+    if not service.ready:
+        raise HTTPException(503, "the model is still loading")
+    return ReadinessResponse()

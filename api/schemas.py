@@ -1,0 +1,102 @@
+"""Request options and response bodies, named by role; ``ERRORS`` documents each error status."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---- requests
+
+
+class DetectOptions(BaseModel):
+    """Query options shared by POST /detect and POST /detect/render."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop detections scoring below this")
+    max_detections: int = Field(100, ge=1, le=1000, description="keep at most this many, best first")
+    classes: str | None = Field(None, description="comma-separated class names to keep (GET /v1/model lists them)")
+    masks: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding, or none")
+    keypoints: bool = Field(True, description="include keypoints (keypoint models only)")
+
+    def class_names(self) -> list[str] | None:
+        """The names in ``classes``, or None (keep every class) when it names none."""
+        names = [name.strip() for name in (self.classes or "").split(",") if name.strip()]
+        return names or None
+
+
+# ---- responses
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what went wrong, for a person to read")
+
+
+class RLEMask(BaseModel):
+    size: list[int] = Field(description="[height, width] of the image")
+    counts: str = Field(description="COCO compressed run-length encoding, column-major")
+
+
+class PolygonMask(BaseModel):
+    size: list[int] = Field(description="[height, width] of the image")
+    polygons: list[list[float]] = Field(description="outer contours, each [x1, y1, x2, y2, ...] (COCO polygons)")
+
+
+class Detection(BaseModel):
+    bbox: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] in image pixels")
+    score: float
+    label: int = Field(description="model label, an index into GET /v1/model's classes")
+    category: str = Field(description="class name")
+    mask: RLEMask | PolygonMask | None = Field(None, description="absent with masks=none or a model without masks")
+    keypoints: list[list[float]] | None = Field(None, description="[[x, y, score], ...] per keypoint")
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="waiting for the model, including batching")
+    inference_ms: float = Field(description="the batched forward pass this image was part of")
+    total_ms: float = Field(description="from the request's arrival to this answer")
+
+
+class DetectionResponse(BaseModel):
+    width: int
+    height: int
+    detections: list[Detection]
+    model: str = Field(description="preset name of the model that answered")
+    timings: Timings
+
+
+class ModelInfoResponse(BaseModel):
+    preset: str
+    classes: list[str] = Field(description="index == label; classes[0] is the background")
+    masks: bool = Field(description="the model predicts masks")
+    keypoints: bool = Field(description="the model predicts keypoints")
+    weights: str | None = Field(description="weights file name, or null for random initialisation")
+    weights_sha256: str | None
+    device: str
+    max_batch_size: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request (e.g. a broken multipart body)",
+    401: "Missing or invalid API key (send Authorization: Bearer <key>)",
+    413: "Request body or decoded image too large",
+    415: "Not an image, or an image format that is not accepted",
+    422: "Invalid query option or undecodable image",
+    500: "Inference failed for this image",
+    503: "Not ready, shutting down, or too busy (see Retry-After)",
+    504: "Waited too long in the queue",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries documenting the given error statuses with ``ErrorResponse``."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}

@@ -1,0 +1,232 @@
+"""api/batcher.py with plain callables: gathering, per-request isolation, bounded queue, deadlines,
+draining."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from api.batcher import Batcher, BatcherClosed, BatchFailed, DeadlineExceeded, QueueFull
+
+
+class SlowDouble:
+    """fn(items) -> [2 * item]: records each batch; optionally blocks until released."""
+
+    def __init__(self, delay_s: float = 0.05, fail_on: object = None) -> None:
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.batches: list[list] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.release.wait(5)
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and self.fail_on in items:
+            raise RuntimeError("boom")
+        return [2 * item for item in items]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def started(fn, **kwargs) -> Batcher:
+    batcher = Batcher(fn, **kwargs)
+    batcher.start()
+    return batcher
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_results():
+    fn = SlowDouble()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=100)
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+        await batcher.close()
+        return outcomes
+
+    outcomes = run(main())
+    assert [o.value for o in outcomes] == [0, 2, 4, 6]
+    assert max(len(b) for b in fn.batches) > 1
+    assert all(o.batch_size == len(fn.batches[0]) for o in outcomes[: len(fn.batches[0])])
+
+
+def test_batches_never_exceed_max_batch_size_and_keep_order():
+    fn = SlowDouble(delay_s=0.01)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=3, max_wait_ms=20)
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.close()
+        return outcomes
+
+    assert [o.value for o in run(main())] == [2 * i for i in range(10)]
+    assert max(len(b) for b in fn.batches) <= 3
+    assert sum(fn.batches, []) == list(range(10))
+
+
+def test_a_lone_request_waits_at_most_max_wait():
+    async def main():
+        batcher = await started(SlowDouble(delay_s=0), max_batch_size=8, max_wait_ms=30)
+        t0 = time.monotonic()
+        outcome = await batcher.submit(1)
+        elapsed = time.monotonic() - t0
+        await batcher.close()
+        return outcome, elapsed
+
+    outcome, elapsed = run(main())
+    assert outcome.value == 2 and outcome.batch_size == 1
+    assert 0.02 < elapsed < 1.0
+
+
+def test_one_bad_item_fails_only_its_request():
+    fn = SlowDouble(delay_s=0.01, fail_on=13)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=100)
+        results = await asyncio.gather(*(batcher.submit(i) for i in (1, 13, 3)), return_exceptions=True)
+        after = await batcher.submit(5)  # and it keeps serving
+        await batcher.close()
+        return results, after
+
+    results, after = run(main())
+    assert results[0].value == 2 and results[2].value == 6
+    assert isinstance(results[1], BatchFailed)
+    assert after.value == 10
+
+
+def test_a_failing_forward_fails_its_requests_and_the_worker_survives():
+    fn = SlowDouble(delay_s=0.0, fail_on=7)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0)
+        with pytest.raises(BatchFailed):
+            await batcher.submit(7)
+        ok = await batcher.submit(8)
+        await batcher.close()
+        return ok
+
+    assert run(main()).value == 16
+
+
+def test_wrong_number_of_results_is_a_failure():
+    async def main():
+        batcher = await started(lambda items: [], max_batch_size=2)
+        with pytest.raises(BatchFailed):
+            await batcher.submit(1)
+        await batcher.close()
+
+    run(main())
+
+
+def test_full_queue_refuses_at_once_with_a_retry_hint():
+    fn = SlowDouble(delay_s=0)
+    fn.release.clear()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, queue_size=1)
+        running = asyncio.create_task(batcher.submit(1))
+        while not fn.batches:  # the first item is in the forward pass, blocked
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(3)
+        assert time.monotonic() - t0 < 0.05
+        with pytest.raises(QueueFull):
+            batcher.ensure_room()
+        fn.release.set()
+        results = [(await running).value, (await queued).value]
+        await batcher.close()
+        return refused.value, results
+
+    refused, results = run(main())
+    assert refused.retry_after_s >= 1
+    assert results == [2, 4]
+    assert [3] not in fn.batches
+
+
+def test_a_request_past_its_deadline_is_not_run():
+    fn = SlowDouble(delay_s=0.3)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=0.1)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(2)  # waits behind the 0.3 s forward
+        waited = time.monotonic() - t0
+        assert (await first).value == 2  # started before its deadline: it finishes
+        await batcher.close()
+        return waited
+
+    waited = run(main())
+    assert waited < 0.25
+    assert [2] not in fn.batches
+
+
+def test_a_cancelled_request_is_not_run():
+    fn = SlowDouble(delay_s=0.2)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        gone = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.02)
+        gone.cancel()  # e.g. the client disconnected
+        await first
+        await batcher.close()
+
+    run(main())
+    assert [2] not in fn.batches
+
+
+def test_close_serves_the_queue_then_refuses():
+    fn = SlowDouble(delay_s=0.02)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=2, max_wait_ms=0)
+        pending = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+        await asyncio.sleep(0)  # all five are queued
+        await batcher.close()
+        values = [(await p).value for p in pending]
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(9)
+        with pytest.raises(BatcherClosed):
+            batcher.ensure_room()
+        return values
+
+    assert run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_observer_sees_batches_and_waits():
+    seen = {"batches": [], "waits": []}
+
+    class Observer:
+        def observe_batch(self, size, run_s):
+            seen["batches"].append(size)
+
+        def observe_queue_wait(self, wait_s):
+            seen["waits"].append(wait_s)
+
+    async def main():
+        batcher = await started(SlowDouble(delay_s=0.01), max_batch_size=4, max_wait_ms=50, observer=Observer())
+        await asyncio.gather(*(batcher.submit(i) for i in range(3)))
+        await batcher.close()
+
+    run(main())
+    assert sum(seen["batches"]) == 3 and len(seen["waits"]) == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"queue_size": 0}, {"max_wait_ms": -1}, {"timeout_s": 0}])
+def test_bad_configuration_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        Batcher(lambda items: items, **kwargs)

@@ -1,0 +1,211 @@
+"""POST /detect and POST /detect/render against the real (small, random-init) model: the answer's
+schema, the options, every class of bad input, and batching, overload, deadlines and isolation."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
+from tests.api.serving import as_file, serving
+
+ALL = {"score_threshold": 0}  # a random-init model scores low: keep everything it finds
+
+
+def _check_result(body: dict, width: int, height: int) -> None:
+    assert (body["width"], body["height"]) == (width, height)
+    assert body["model"] == "small_r18_fpn"
+    assert set(body["timings"]) == {"queue_ms", "inference_ms", "total_ms"}
+    assert body["timings"]["total_ms"] >= body["timings"]["inference_ms"] > 0
+    assert body["detections"], "the random-init model finds something at score 0"
+    scores = [d["score"] for d in body["detections"]]
+    assert scores == sorted(scores, reverse=True)
+    for det in body["detections"]:
+        x1, y1, x2, y2 = det["bbox"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+        assert det["category"] in ("circle", "square", "triangle", "person") and det["label"] >= 1
+        assert det["mask"]["size"] == [height, width] and isinstance(det["mask"]["counts"], str)
+        assert len(det["keypoints"]) == 17 and all(len(k) == 3 for k in det["keypoints"])
+
+
+def test_multipart_upload(client):
+    response = client.post("/detect", params=ALL, files=as_file(jpeg(64, 48)))
+    assert response.status_code == 200, response.text
+    _check_result(response.json(), 64, 48)
+
+
+def test_raw_image_body(client):
+    response = client.post("/detect", params=ALL, content=png(50, 30), headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    _check_result(response.json(), 50, 30)
+
+
+def test_options_filter_and_shape_the_answer(client):
+    found = client.post("/detect", params=ALL, files=as_file(jpeg())).json()["detections"]
+    category = found[-1]["category"]
+    params = {"score_threshold": 0, "max_detections": 3, "classes": f" {category}, ", "masks": "none", "keypoints": "false"}
+    response = client.post("/detect", params=params, files=as_file(jpeg()))
+    assert response.status_code == 200, response.text
+    detections = response.json()["detections"]
+    assert 0 < len(detections) <= 3
+    assert {d["category"] for d in detections} == {category}
+    assert all(d.get("mask") is None and d.get("keypoints") is None for d in detections)
+
+
+def test_score_threshold_drops_low_scores(client):
+    response = client.post("/detect", params={"score_threshold": 0.999}, files=as_file(jpeg()))
+    assert response.status_code == 200
+    assert all(d["score"] >= 0.999 for d in response.json()["detections"])
+
+
+def test_polygon_masks(client):
+    pytest.importorskip("cv2", reason="the engine draws polygons with OpenCV")
+    response = client.post("/detect", params={**ALL, "masks": "polygon"}, files=as_file(jpeg()))
+    assert response.status_code == 200, response.text
+    assert all("polygons" in d["mask"] for d in response.json()["detections"])
+
+
+def test_exif_rotation_gives_the_rotated_size(client):
+    response = client.post("/detect", files=as_file(jpeg_with_orientation(40, 20, orientation=6)))
+    assert response.status_code == 200, response.text
+    assert (response.json()["width"], response.json()["height"]) == (20, 40)
+
+
+@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("P", "GIF"), ("1", "BMP")])
+def test_image_modes_are_accepted(client, mode, fmt):
+    response = client.post("/detect", files=as_file(encode(gradient(40, 30, mode), fmt), content_type="image/*"))
+    assert response.status_code == 200, response.text
+    assert (response.json()["width"], response.json()["height"]) == (40, 30)
+
+
+def test_render_gives_a_png_of_the_image(client):
+    response = client.post("/detect/render", params={**ALL, "max_detections": 5}, files=as_file(jpeg(64, 48)))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert "inference;dur=" in response.headers["server-timing"]
+    drawn = Image.open(io.BytesIO(response.content))
+    assert drawn.format == "PNG" and drawn.size == (64, 48)
+
+
+def test_render_refuses_bad_input_like_detect(client):
+    assert client.post("/detect/render", files=as_file(b"not an image")).status_code == 415
+
+
+# ---- bad input: a clear 4xx, and the server keeps answering
+
+
+def _truncated() -> bytes:
+    data = jpeg(128, 128)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message",
+    [
+        ({"files": as_file(b"")}, 422, "empty"),
+        ({"files": as_file(_truncated())}, 422, "cannot decode"),
+        ({"files": as_file(b"plain text, not an image")}, 415, "not a recognised image"),
+        ({"files": as_file(encode(gradient(16, 16), "TIFF"), "a.tif", "image/tiff")}, 415, "TIFF"),
+        ({"content": b'{"image": 1}', "headers": {"content-type": "application/json"}}, 415, "multipart/form-data"),
+        ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 422, "empty"),
+        ({"files": {"picture": ("a.jpg", jpeg(), "image/jpeg")}}, 422, "'image'"),
+        ({"data": {"image": "not a file"}, "files": {"other": ("a", b"x")}}, 422, "'image'"),
+        ({"files": as_file(png(1001, 1000))}, 413, "pixels"),
+        ({"files": as_file(png_header_only(100_000, 100_000))}, 413, ""),
+        ({"content": b"x" * 2_000_001, "headers": {"content-type": "image/jpeg"}}, 413, "larger than"),
+        ({"content": iter([b"x" * 1_000_000] * 3), "headers": {"content-type": "image/jpeg"}}, 413, "larger than"),
+    ],
+    ids=["empty-file", "truncated", "text", "tiff", "json-body", "empty-body", "no-image-field", "image-not-a-file",
+         "too-many-pixels", "bomb-header", "body-over-limit", "chunked-over-limit"],
+)  # fmt: skip
+def test_bad_input_gets_a_clear_4xx(client, request_kwargs, status, message):
+    response = client.post("/detect", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"score_threshold": "high"}, "score_threshold"),
+        ({"max_detections": 0}, "max_detections"),
+        ({"max_detections": 1001}, "max_detections"),
+        ({"masks": "bitmap"}, "masks"),
+        ({"keypoints": "perhaps"}, "keypoints"),
+        ({"classes": "circle,unicorn"}, "unicorn"),
+    ],
+)
+def test_bad_query_values_get_422_with_a_message(client, params, field):
+    response = client.post("/detect", params=params, files=as_file(jpeg()))
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str) and field in response.json()["detail"]
+
+
+# ---- batching, overload, deadlines, isolation
+
+
+def _post_concurrently(client, bodies: list[bytes], **params) -> list:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(client.post, "/detect", params=params, files=as_file(body)) for body in bodies]
+        return [f.result() for f in futures]
+
+
+def _metric(client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_concurrent_requests_are_batched(predictor):
+    with serving(predictor, max_batch_size=4, max_wait_ms=500) as client:
+        responses = _post_concurrently(client, [jpeg(64, 48), jpeg(32, 32), jpeg(48, 64)])
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert [(r.json()["width"], r.json()["height"]) for r in responses] == [(64, 48), (32, 32), (48, 64)]
+        # Fewer forward passes than images: at least one batch held more than one request.
+        assert _metric(client, "detector_batch_size_count") < _metric(client, "detector_batch_size_sum") == 3
+
+
+def test_full_queue_answers_503_with_retry_after_at_once(predictor):
+    with serving(predictor, max_batch_size=1, max_wait_ms=0, queue_size=1) as client:
+        responses = _post_concurrently(client, [jpeg()] * 5)
+        statuses = sorted(r.status_code for r in responses)
+        assert 200 in statuses and 503 in statuses, statuses
+        refused = next(r for r in responses if r.status_code == 503)
+        assert int(refused.headers["retry-after"]) >= 1 and "busy" in refused.json()["detail"]
+
+
+def test_request_past_its_deadline_gets_504_and_is_not_run(predictor):
+    with serving(predictor, max_batch_size=1, max_wait_ms=0, request_timeout_s=0.2) as client:
+        responses = _post_concurrently(client, [jpeg()] * 3)
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses[0] == 200 and 504 in statuses, statuses
+        assert _metric(client, "detector_batch_size_count") == statuses.count(200)
+
+
+class PoisonedPredictor:
+    """The real predictor, except that a forward holding a 13-pixel-wide image raises (fault injection)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        if any(image.shape[1] == 13 for image in images):
+            raise RuntimeError("poisoned image")
+        return self._real.predict(images)
+
+
+def test_a_failing_request_fails_alone_and_the_server_keeps_serving(predictor):
+    with serving(PoisonedPredictor(predictor), max_batch_size=4, max_wait_ms=500) as client:
+        responses = _post_concurrently(client, [jpeg(), jpeg(13, 13), jpeg()])
+        assert [r.status_code for r in responses] == [200, 500, 200]
+        assert "inference failed" in responses[1].json()["detail"]
+        assert client.post("/detect", files=as_file(jpeg())).status_code == 200

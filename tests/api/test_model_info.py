@@ -1,0 +1,54 @@
+"""GET /v1/model: what is served; and the API key, which guards every route but the probes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from detector.predictor import Predictor
+from detector.weights import save_weights
+from tests.api.api_images import jpeg
+from tests.api.serving import PRESET, as_file, serving
+
+
+def test_model_info(client, predictor):
+    info = client.get("/v1/model").json()
+    assert info["preset"] == PRESET
+    assert info["classes"] == predictor.class_names and info["classes"][0] == "__background__"
+    assert (info["masks"], info["keypoints"], info["device"]) == (True, True, "cpu")
+    assert info["weights"] is None and info["weights_sha256"] is None  # random init
+    assert info["max_batch_size"] == 4
+
+
+def test_model_info_names_the_weights_and_their_hash(predictor, tmp_path):
+    path = tmp_path / "small.safetensors"
+    save_weights(predictor.model, path)
+    loaded = Predictor.from_preset(PRESET, weights=path)
+    with serving(loaded) as client:
+        info = client.get("/v1/model").json()
+    assert info["weights"] == "small.safetensors"
+    assert info["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def keyed_client(predictor):
+    with serving(predictor, api_keys=["key-one", "key-two"]) as client:
+        yield client
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic a2V5LW9uZQ=="},
+                                     {"Authorization": "key-one"}])
+@pytest.mark.parametrize("method, path", [("GET", "/v1/model"), ("GET", "/metrics"), ("POST", "/detect"),
+                                          ("POST", "/detect/render")])
+def test_routes_need_a_valid_key_when_keys_are_set(keyed_client, headers, method, path):
+    response = keyed_client.request(method, path, headers=headers, files=as_file(jpeg()) if method == "POST" else None)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer" and "API key" in response.json()["detail"]
+
+
+def test_any_configured_key_is_accepted(keyed_client):
+    for key in ("key-one", "key-two"):
+        assert keyed_client.get("/v1/model", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    response = keyed_client.post("/detect", headers={"Authorization": "Bearer key-two"}, files=as_file(jpeg()))
+    assert response.status_code == 200

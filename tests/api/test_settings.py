@@ -1,0 +1,54 @@
+"""api/settings.py and the flags of api/__main__.py: defaults, DETECTOR_* variables, flags over both."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from api.__main__ import parse_args
+from api.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"DETECTOR_{name.upper()}", raising=False)
+
+
+def test_defaults():
+    s = Settings()
+    assert (s.max_batch_size, s.max_wait_ms, s.queue_size) == (4, 10.0, 64)
+    assert s.max_body_bytes == 20 * 1024 * 1024 and s.max_pixels == 40_000_000
+    assert (s.host, s.port, s.api_keys, s.weights) == ("127.0.0.1", 8000, [], None)
+
+
+def test_environment_with_prefix(monkeypatch):
+    monkeypatch.setenv("DETECTOR_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("DETECTOR_DEVICE", "cuda:1")
+    monkeypatch.setenv("DETECTOR_API_KEYS", "alpha, beta,")
+    s = Settings()
+    assert (s.max_batch_size, s.device, s.api_keys) == (8, "cuda:1", ["alpha", "beta"])
+
+
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("DETECTOR_PORT", "9000")
+    monkeypatch.setenv("DETECTOR_QUEUE_SIZE", "5")
+    overrides, log_level = parse_args(["--port", "9100", "--max-wait-ms", "2.5", "--api-keys", "k1,k2"])
+    s = Settings(**overrides)
+    assert (s.port, s.max_wait_ms, s.api_keys) == (9100, 2.5, ["k1", "k2"])
+    assert s.queue_size == 5  # no flag: the environment stands
+    assert log_level == "info"
+
+
+def test_every_setting_has_a_flag():
+    for name in Settings.model_fields:
+        overrides, _ = parse_args([f"--{name.replace('_', '-')}", "1"])
+        assert name in overrides
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_batch_size": 0}, {"score": 1}, {"port": 70000}, {"max_wait_ms": -1}, {"request_timeout_s": 0}]
+)
+def test_bad_values_are_refused(bad):
+    with pytest.raises(ValidationError):
+        Settings(**bad)
