@@ -190,3 +190,24 @@ def test_model_problems_exit_2(dataset, tmp_path, monkeypatch, capsys):
     assert eval_cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == (f"error: {ann}: no category is named as a class of model stand-in "
                                                "(cat, kite, ...)")
+
+
+def test_real_model_over_generated_images(tmp_path, capsys):
+    """The real small model (built-in weights where present) over synthetic images, all three IoU types."""
+    from detector.data.synthetic import write_synthetic
+
+    paths = write_synthetic(tmp_path / "synth", train=0, val=3, size=128, seed=5)
+    metrics_path = tmp_path / "metrics.json"
+    results_path = tmp_path / "results.json"
+    code = eval_cli.main([
+        "--model", "small_r18_fpn", "--images", str(paths.val_images), "--ann", str(paths.val_annotations),
+        "--out", str(results_path), "--metrics-out", str(metrics_path),
+    ])
+    assert code == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert set(metrics["bbox"]) >= {"AP", "AP50", "AR100"} and set(metrics["keypoints"]) >= {"AP", "AR"}
+    for iou_type in ("bbox", "segm", "keypoints"):
+        assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
+    results = json.loads(results_path.read_text())
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation", "keypoints"} <= set(results[0])
+    assert metrics["timing"]["inference_s"] > 0
