@@ -19,6 +19,7 @@ from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
 from detector.structures import Detections
 from detector.weights import load_weights
+from detector.weights.catalogue import verify_if_catalogued
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Predictor:
         if weights is None:
             weights = builtin_weights(preset)
         if weights is not None:
+            verify_if_catalogued(Path(weights))
             load_weights(model, weights)
         else:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)

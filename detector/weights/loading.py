@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from torchvision.ops import FrozenBatchNorm2d
 
 from detector.modeling.backbone import set_frozen_bn_eps
 from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
@@ -47,10 +50,31 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata that ``save_weights`` stored in a safetensors file ({} for other files)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None = None) -> None:
     """Load ``path`` into ``model`` strictly. torchvision checkpoints are renamed to our keys and, unless
-    ``frozen_bn_eps`` says otherwise, get FrozenBatchNorm eps = 0 as torchvision gives them."""
+    ``frozen_bn_eps`` says otherwise, get FrozenBatchNorm eps = 0 as torchvision gives them; our files
+    carry their eps in their metadata (see ``save_weights``)."""
     state = read_state_dict(path)
+    if frozen_bn_eps is None:
+        frozen_bn_eps = read_metadata(path).get("frozen_bn_eps")
     if is_torchvision_state_dict(state):
         state = convert_torchvision_state_dict(state)
         if frozen_bn_eps is None:
@@ -78,10 +102,16 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
     model.load_state_dict(state, strict=True)
 
 
+def frozen_bn_eps_of(model: nn.Module) -> float | None:
+    return next((m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)), None)
+
+
 def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = None, half: bool = False) -> None:
-    """Save as safetensors (nothing to unpickle on load); ``half`` stores floating tensors as float16."""
+    """Save as safetensors (nothing to unpickle on load); ``half`` stores floating tensors as float16.
+    The model's FrozenBatchNorm eps goes into the metadata, so that loading restores it."""
+    metadata = {"frozen_bn_eps": frozen_bn_eps_of(model), **(metadata or {})}
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
         state[k] = v.half() if half and v.is_floating_point() else v
-    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})

@@ -1,0 +1,76 @@
+"""python -m detector.weights list | download NAME | verify FILE [--name NAME] | convert IN OUT --preset P
+
+list: the catalogue of published checkpoints; download: fetch one into the cache and verify its SHA-256;
+verify: check a file against the catalogue; convert: a torchvision .pth into our safetensors (loads
+never unpickle anything after that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from detector.weights.catalogue import cache_dir, download, load_catalogue, verify
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m detector.weights", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the published checkpoints")
+    d = sub.add_parser("download", help="download one into the cache and verify it")
+    d.add_argument("name")
+    d.add_argument("--dir", type=Path, help=f"cache folder (default {cache_dir()})")
+    v = sub.add_parser("verify", help="check a file's SHA-256 against the catalogue")
+    v.add_argument("file", type=Path)
+    v.add_argument("--name", help="catalogue entry (default: the one with this file name)")
+    c = sub.add_parser("convert", help="a torchvision or torch checkpoint -> safetensors")
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
+    c.add_argument("--preset", required=True)
+    args = p.parse_args(argv)
+    catalogue = load_catalogue()
+    try:
+        if args.command == "list":
+            for e in catalogue.values():
+                ap = ", ".join(f"{k} {v}" for k, v in e.coco_val2017.items())
+                print(f"{e.name:28} preset {e.preset:22} COCO val2017: {ap}\n{'':28} {e.url}\n{'':28} sha256 {e.sha256 or e.sha256_prefix + '...'}; {e.license}")
+        elif args.command == "download":
+            if args.name not in catalogue:
+                raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")
+            print(download(catalogue[args.name], args.dir))
+        elif args.command == "verify":
+            entry = _entry_for(catalogue, args.file, args.name)
+            print(f"{args.file}: OK ({verify(args.file, entry)}, {entry.name})")
+        else:
+            _convert(args.src, args.dst, args.preset)
+            print(f"{args.src} -> {args.dst}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _entry_for(catalogue, path: Path, name: str | None):
+    if name is not None:
+        if name not in catalogue:
+            raise ValueError(f"no catalogue entry {name!r}")
+        return catalogue[name]
+    for entry in catalogue.values():
+        if entry.file_name == path.name:
+            return entry
+    raise ValueError(f"{path}: no catalogue entry has this file name; name one with --name")
+
+
+def _convert(src: Path, dst: Path, preset: str) -> None:
+    from detector.modeling.presets import get_preset
+    from detector.modeling.rcnn import build_model
+    from detector.weights.loading import frozen_bn_eps_of, load_weights, save_weights
+
+    model = build_model(get_preset(preset))
+    load_weights(model, src)
+    save_weights(model, dst, metadata={"preset": preset, "source": src.name, "frozen_bn_eps": frozen_bn_eps_of(model)})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
