@@ -21,7 +21,7 @@ from api.batcher import Batcher
 from api.decode import BodySizeLimit, allow_pixels
 from api.deps import Service
 from api.metrics import Metrics, RequestMetrics
-from api.routes import detect, health, metrics, model
+from api.routes import detect, health, metrics, model, page
 from api.settings import Settings
 from detector.predictor import Predictor
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     # add_middleware wraps: the last added runs first. Metrics see every answer, 413s included.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.service.metrics)
-    for router in (detect.router, health.router, model.router, metrics.router):
+    for router in (detect.router, health.router, model.router, metrics.router, page.router):
         app.include_router(router)
     return app
 
