@@ -69,7 +69,7 @@ def maskkeypointrcnn_r50_fpn() -> ModelConfig:
 
 def small_r18_fpn() -> ModelConfig:
     """Small enough to train on a 2-core CPU: ResNet-18 with GroupNorm (trains from scratch), a 128-channel
-    FPN, narrow heads, 320-pixel images; boxes, masks and keypoints of the synthetic dataset's classes."""
+    FPN, narrow heads, 256-pixel images; boxes, masks and keypoints of the synthetic dataset's classes."""
     return ModelConfig(
         class_names=SYNTHETIC_CLASSES,
         backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5),
@@ -79,7 +79,7 @@ def small_r18_fpn() -> ModelConfig:
         box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=128, detections_per_image=50),
         mask=MaskHeadConfig(num_convs=2, conv_dim=128),
         keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128),
-        input=InputConfig(min_size=320, max_size=512),
+        input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
         keypoint_names=COCO_KEYPOINTS,
     )
 

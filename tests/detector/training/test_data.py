@@ -68,4 +68,19 @@ def test_epoch_batches_skip_those_already_seen(coco) -> None:
     assert list(batches) == epoch[1:] and len(batches) == len(epoch) - 1
     images, targets, infos = next(iter(loader))
     assert len(images) == len(targets) == len(infos) == len(epoch[1])
-    assert [info["image_id"] for info in infos] == [coco._records[i].image_id for _, i in epoch[1]]
+    assert [info["image_id"] for info in infos] == [coco[i][2]["image_id"] for _, i in epoch[1]]
+
+
+def test_worker_processes_give_the_same_batches(coco) -> None:
+    train_set = TrainingSet(coco, small_r18_fpn(), min_sizes=(48, 64, 80), max_size=120, seed=5)
+
+    def epoch_of(workers: int) -> list:
+        loader, batches = build_loader(train_set, batch_size=2, workers=workers, seed=5)
+        batches.start(epoch=2, skip=1)
+        return [(images, [t.boxes for t in targets]) for images, targets, _ in loader]
+
+    serial, parallel = epoch_of(0), epoch_of(2)
+    assert len(serial) == len(parallel) > 0
+    for (images_a, boxes_a), (images_b, boxes_b) in zip(serial, parallel):
+        assert all(torch.equal(a, b) for a, b in zip(images_a, images_b))
+        assert all(torch.equal(a, b) for a, b in zip(boxes_a, boxes_b))

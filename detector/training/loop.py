@@ -1,0 +1,257 @@
+"""The training loop: iterations of SGD over the loss dict of ``RCNN.forward``, checkpointed so that a
+run stopped at any checkpoint and resumed gives the losses of the uninterrupted run (on the CPU, exactly).
+
+OUT holds last.pth (the checkpoint), metrics.jsonl, tensorboard/ when installed, model_final.safetensors
+(the weights, with the preset and class names as metadata) and eval.json (COCO AP on the validation set).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detector.data.coco import CocoDataset
+from detector.modeling.rcnn import ModelConfig, build_model
+from detector.structures import Targets
+from detector.training import distributed as dist
+from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
+                                          restore_rng, seed_everything)
+from detector.training.data import TrainingSet, build_loader, label_map_for
+from detector.training.metrics import MetricsLog
+from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
+from detector.training.validation import evaluate, load_validation_set
+from detector.weights.loading import load_state_dict_strict, save_weights
+
+logger = logging.getLogger(__name__)
+
+FINAL_WEIGHTS_NAME = "model_final.safetensors"
+DEFAULT_EPOCHS = 12  # Detectron2's "1x" schedule is about 12 COCO epochs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: Path
+    train_images: Path
+    train_ann: Path
+    val_images: Path | None = None
+    val_ann: Path | None = None
+    iters: int | None = None  # the schedule's length; else epochs x batches per epoch
+    epochs: int | None = None  # DEFAULT_EPOCHS when neither is given
+    batch_size: int = 2  # images per process and step (torchvision's recipe: 2 per GPU, 8 GPUs)
+    lr: float | None = None  # None: optim.default_lr
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int | None = None  # None: optim.default_warmup_iters
+    lr_schedule: str = "step"
+    clip_grad_norm: float | None = None
+    workers: int = 0
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    checkpoint_every: int = 500
+    amp: bool = False
+    min_sizes: tuple[int, ...] | None = None  # None: the preset's InputConfig.min_size
+    max_size: int | None = None  # None: the preset's InputConfig.max_size
+    weights: Path | None = None
+    log_every: int = 20
+    stop_at: int | None = None  # end this run after that iteration, checkpointed, for --resume to go on
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    iterations: int  # done so far, this run and those it resumed
+    total_iters: int
+    checkpoint: Path
+    final_weights: Path | None  # None when stopped before the end
+    eval: dict | None
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, *, preset: str = "custom",
+                 dist_info: dist.DistInfo = dist.DistInfo(), device: torch.device | None = None) -> None:
+        self.cfg, self.preset = cfg, preset
+        self.dist, self.device = dist_info, device or torch.device(cfg.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        if cfg.amp and not self.use_amp:
+            logger.warning("--amp needs a CUDA device: training in float32 on %s", self.device)
+        seed_everything(cfg.seed + self.dist.rank)
+        self.model_cfg, self.train_set = _training_set(model_cfg, cfg)
+        self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann and self.dist.is_main else None
+        self.loader, self.batches = build_loader(self.train_set, cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
+                                                 rank=self.dist.rank, world_size=self.dist.world_size)
+        per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
+        self.total_iters = cfg.iters or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
+        warmup = default_warmup_iters(self.total_iters) if cfg.warmup_iters is None else cfg.warmup_iters
+        lr = cfg.lr or default_lr(preset, cfg.batch_size, self.dist.world_size)
+        self.schedule = LRSchedule(lr, self.total_iters, warmup, kind=cfg.lr_schedule)
+
+        self.model = build_model(self.model_cfg).to(self.device)
+        self.optimizer = build_optimizer(self.model, lr, cfg.momentum, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._rng: dict | None = None
+        if cfg.resume:
+            if cfg.weights is not None:
+                logger.warning("--resume continues from the checkpoint: --weights %s is not loaded", cfg.weights)
+            self._restore(cfg.out_dir / CHECKPOINT_NAME)
+        elif cfg.weights is not None:
+            skipped = load_pretrained(self.model, cfg.weights)
+            if skipped:
+                logger.warning("%s: %d tensors of other shapes left initialised afresh: %s", cfg.weights,
+                               len(skipped), ", ".join(skipped))
+        self.net = self.model
+        if self.dist.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def run(self) -> TrainResult:
+        cfg, main = self.cfg, self.dist.is_main
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        stop = min(cfg.stop_at or self.total_iters, self.total_iters)
+        log = MetricsLog(cfg.out_dir, total_iters=self.total_iters, start_iter=self.iteration, main=main,
+                         progress=cfg.progress, tensorboard=cfg.tensorboard)
+        if main:
+            s = self.schedule
+            logger.info("training %s for %d iterations (lr %g, warm-up %d, %s decay) into %s", self.preset,
+                        self.total_iters, s.base_lr, s.warmup_iters, s.kind, cfg.out_dir)
+        batches = self._batches()
+        if self._rng is not None:
+            restore_rng(self._rng)
+        self.model.train()
+        try:
+            while self.iteration < stop:
+                start = time.perf_counter()
+                images, targets, _ = next(batches)
+                lr = self.schedule.lr_at(self.iteration)
+                set_lr(self.optimizer, lr)
+                losses = self._step(images, targets)
+                self.iteration += 1
+                log.update(losses, time.perf_counter() - start, lr)
+                if self.iteration % cfg.log_every == 0 or self.iteration == stop:
+                    means = dist.mean_over_ranks(log.window_means(), self.dist, self.device)
+                    log.write(self.iteration, self.epoch, lr, means)
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == stop:
+                    self._save_checkpoint()
+        finally:
+            log.close()
+        return self._finish()
+
+    def _step(self, images: list[torch.Tensor], targets: list[Targets]) -> dict[str, float]:
+        """One SGD update; the loss terms' values."""
+        images = [i.to(self.device, non_blocking=True) for i in images]
+        targets = [t.to(self.device) for t in targets]
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            losses = self.net(images, targets)
+        total = sum(losses.values())
+        values = {k: v.item() for k, v in losses.items()} | {"total": total.item()}
+        if not math.isfinite(values["total"]):
+            raise FloatingPointError(f"the loss is {values['total']} at iteration {self.iteration + 1}: {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return values
+
+    def _batches(self) -> Iterator:
+        """Batches without end, epoch after epoch, keeping (epoch, batches consumed) up to date."""
+        while True:
+            self.batches.start(self.epoch, self.batch_in_epoch)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _save_checkpoint(self) -> None:
+        position = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        ranks = dist.gather_to_all((capture_rng(), position), self.dist)
+        if self.dist.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration,
+                "sampler": [position for _, position in ranks],  # one per process
+                "rng": [rng for rng, _ in ranks],
+                "meta": {"preset": self.preset, "class_names": list(self.model_cfg.class_names),
+                         "total_iters": self.total_iters},
+            }
+            atomic_save(state, self.cfg.out_dir / CHECKPOINT_NAME)
+        dist.barrier(self.dist)
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        load_state_dict_strict(self.model, state["model"], source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        n = len(state["rng"])
+        if n != self.dist.world_size:
+            logger.warning("%s was written by %d processes, now %d: the data order and random draws will differ "
+                           "from those of an uninterrupted run", path, n, self.dist.world_size)
+        position = state["sampler"][self.dist.rank % n]
+        self.epoch, self.batch_in_epoch = int(position["epoch"]), int(position["batch_in_epoch"])
+        self._rng = state["rng"][self.dist.rank % n]
+        planned = state.get("meta", {}).get("total_iters", self.total_iters)
+        if planned != self.total_iters and self.dist.is_main:
+            logger.warning("%s was written for a %d-iteration schedule, now %d: the learning rate follows the new one",
+                           path, planned, self.total_iters)
+        if self.dist.is_main:
+            logger.info("resuming from %s at iteration %d (epoch %d)", path, self.iteration, self.epoch)
+
+    def _finish(self) -> TrainResult:
+        out, checkpoint = self.cfg.out_dir, self.cfg.out_dir / CHECKPOINT_NAME
+        if self.iteration < self.total_iters:
+            return TrainResult(self.iteration, self.total_iters, checkpoint, None, None)
+        final, results = out / FINAL_WEIGHTS_NAME, None
+        if self.dist.is_main:
+            metadata = {"preset": self.preset, "class_names": list(self.model_cfg.class_names),
+                        "iterations": self.iteration, "min_sizes": list(self.train_set.min_sizes),
+                        "max_size": self.train_set.max_size}
+            save_weights(self.model, final, metadata=metadata)
+            if self.val_gt is not None:
+                results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset)
+                (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+                logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))
+        dist.barrier(self.dist)
+        return TrainResult(self.iteration, self.total_iters, checkpoint, final, results)
+
+
+def _training_set(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig, TrainingSet]:
+    """The data set, and the model's configuration with the data set's classes unless the preset
+    names all of them already (then the labels are mapped to the preset's)."""
+    coco = CocoDataset(cfg.train_images, cfg.train_ann, with_masks=model_cfg.mask is not None)
+    try:
+        label_map = label_map_for(coco.class_names, model_cfg.class_names)
+    except ValueError as e:
+        logger.warning("%s (%s): training %d classes of %s instead", e, cfg.train_ann, len(coco.class_names) - 1,
+                       cfg.train_ann)
+        model_cfg, label_map = replace(model_cfg, class_names=tuple(coco.class_names)), None
+    if model_cfg.keypoint is not None and not coco.has_keypoints:
+        logger.warning("%s has no keypoints: the keypoint head learns nothing", cfg.train_ann)
+    inp = model_cfg.input
+    train_set = TrainingSet(coco, model_cfg, min_sizes=cfg.min_sizes or (inp.min_size,),
+                            max_size=cfg.max_size or inp.max_size, seed=cfg.seed, label_map=label_map)
+    return model_cfg, train_set
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, *, preset: str = "custom") -> TrainResult:
+    """Train (resume, with ``cfg.resume``) in this process, or in each process that torchrun started."""
+    dist_info, device = dist.init_distributed(cfg.device)
+    try:
+        return Trainer(model_cfg, cfg, preset=preset, dist_info=dist_info, device=device).run()
+    finally:
+        dist.finish(dist_info)

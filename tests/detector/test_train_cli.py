@@ -1,0 +1,120 @@
+"""``python -m detector.train``: the out-of-the-box run on the synthetic set, and clear errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detector import train as train_cli
+from detector.data.synthetic import ensure_synthetic
+from detector.modeling.rcnn import RCNN
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), train=4, val=2, size=64, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data_args(tiny) -> list[str]:
+    return ["--train-images", str(tiny.train_images), "--train-ann", str(tiny.train_annotations),
+            "--min-sizes", "64", "--max-size", "96", "--no-progress"]
+
+
+def test_out_of_the_box_trains_small_r18_fpn_on_generated_synthetic_data(tmp_path, monkeypatch, caplog, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_cli, "SYNTHETIC", {"train": 4, "val": 2, "size": 64, "seed": 0})  # the real one: 200 + 50
+    with caplog.at_level(logging.WARNING):
+        code = train_cli.main(["--iters", "2", "--min-sizes", "64", "--max-size", "96", "--amp", "--no-progress",
+                               "--device", "cpu"])
+    assert code == 0
+    assert (tmp_path / "data" / "synthetic" / "manifest.json").is_file()
+    out = tmp_path / "runs" / "small_r18_fpn"
+    assert {p.name for p in out.iterdir()} >= {"last.pth", "metrics.jsonl", "model_final.safetensors", "eval.json"}
+    assert set(json.loads((out / "eval.json").read_text())) == {"bbox", "segm", "keypoints"}
+    assert "--amp needs a CUDA device" in caplog.text
+    assert "iterations: 2/2" in capsys.readouterr().out
+
+
+def test_a_missing_annotation_file_is_exit_2_naming_it_without_traceback(tiny, tmp_path) -> None:
+    missing = tmp_path / "nope.json"
+    done = subprocess.run([sys.executable, "-m", "detector.train", "--train-images", str(tiny.train_images),
+                           "--train-ann", str(missing), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"error: annotation file not found: {missing}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"images": []}'])
+def test_a_bad_annotation_file_is_exit_2_naming_it(tiny, tmp_path, capsys, content) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    code = train_cli.main(["--train-images", str(tiny.train_images), "--train-ann", str(bad), "--out", str(tmp_path)])
+    assert code == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_a_missing_images_folder_is_exit_2_naming_it(tiny, tmp_path, capsys) -> None:
+    code = train_cli.main(["--train-images", str(tmp_path / "nowhere"), "--train-ann", str(tiny.train_annotations),
+                           "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert f"images folder not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+
+
+def test_a_bad_validation_file_fails_before_training(tiny, tmp_path, capsys) -> None:
+    code = train_cli.main(_data_args(tiny) + ["--val-images", str(tiny.val_images), "--val-ann",
+                                              str(tmp_path / "val.json"), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert f"{tmp_path / 'val.json'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_without_a_checkpoint_and_bad_weights_are_exit_2(tiny, tmp_path, capsys) -> None:
+    assert train_cli.main(_data_args(tiny) + ["--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert f"{tmp_path / 'run' / 'last.pth'}: no checkpoint to resume from" in capsys.readouterr().err
+    weights = ["--weights", str(tmp_path / "w.pth")]
+    assert train_cli.main(_data_args(tiny) + ["--out", str(tmp_path / "run")] + weights) == 2
+    assert f"{tmp_path / 'w.pth'}: weights file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--train-ann", "a.json"], ["--val-images", "val"], ["--iters", "0"],
+                                  ["--iters", "3", "--epochs", "1"], ["--model", "nonet"], ["--lr-schedule", "poly"]])
+def test_bad_arguments_are_exit_2(args, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(args)
+    assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_diverging_loss_stops_with_exit_1(tiny, tmp_path, monkeypatch, capsys) -> None:
+    def nan_loss(self, images, targets):
+        return {"loss_classifier": sum(p.sum() for p in self.parameters()) * float("nan")}
+
+    monkeypatch.setattr(RCNN, "forward", nan_loss)
+    assert train_cli.main(_data_args(tiny) + ["--out", str(tmp_path / "run"), "--iters", "2"]) == 1
+    assert "the loss is nan at iteration 1" in capsys.readouterr().err
+
+
+def test_a_corrupt_image_read_by_a_worker_is_exit_2_naming_it(tiny, tmp_path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in tiny.train_images.iterdir():
+        (images / path.name).write_bytes(b"not a png" if path.name == "000000.png" else path.read_bytes())
+    args = ["--train-images", str(images), "--train-ann", str(tiny.train_annotations), "--min-sizes", "64",
+            "--max-size", "96", "--no-progress", "--workers", "1", "--batch-size", "4", "--iters", "1"]
+    assert train_cli.main(args + ["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "000000.png" in err and "Traceback" not in err
