@@ -23,6 +23,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO")
 _DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # Pillow opens MPO files with its JPEG decoder
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# The models scale the longer side to at most ``max_size`` (384 for the smallest preset), so a side
+# more than max_size times shorter than the other is scaled to 0 pixels and the forward fails (a 500).
+# 100:1 holds any real photo or panorama and keeps every preset's short side at 3 pixels or more.
+MAX_ASPECT_RATIO = 100
 
 
 class ImageError(ValueError):
@@ -63,6 +67,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     width, height = img.size
     if width * height > max_pixels:  # checked before load(): decoding is what costs memory
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidImage(f"image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart are not supported")
     try:
         img.load()
     except Image.DecompressionBombError as exc:  # e.g. an oversized frame or chunk inside the file

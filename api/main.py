@@ -55,6 +55,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load in the background (/healthz answers meanwhile); at shutdown, serve the queue first."""
     service: Service = app.state.service
+    # Started afresh each time: a lifespan run again on the same app (a test client entered twice)
+    # must not keep the last run's "shutting down", nor look ready before its batcher is started.
+    service.ready = service.draining = False
     loading = asyncio.create_task(_load(service), name="load-model")
     try:
         yield

@@ -1,0 +1,96 @@
+"""``python -m api`` as a real process on a loopback port (imported as tests.reliability.server).
+
+Its output goes to a file, not a pipe (a pipe nobody reads blocks a chatty server); its memory is
+read from /proc. The process is always gone when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.api.serving import PRESET
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    base: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process, from /proc (Linux)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS in /proc status")
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(f"{self.base}{path}", timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the server exited early ({self.proc.returncode}):\n{self.output()}"
+            try:
+                if self.get("/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the server did not become ready:\n{self.output()}")
+
+    def wait_listening(self, timeout_s: float = 120.0) -> None:
+        """Until /healthz answers at all (with any status)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the server exited early ({self.proc.returncode}):\n{self.output()}"
+            try:
+                self.get("/healthz", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"the server never listened:\n{self.output()}")
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+
+@contextmanager
+def running(tmp_path: Path, *flags: str, preset: str = PRESET) -> Iterator[Server]:
+    """Start ``python -m api --preset PRESET --port <free> *flags``; kill it at the end if still alive."""
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": "", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "api", "--preset", preset, "--port", str(port), "--log-level", "info", *flags]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield Server(proc, f"http://127.0.0.1:{port}", log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

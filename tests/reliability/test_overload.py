@@ -1,0 +1,92 @@
+"""Overload against a real ``python -m api`` on loopback: twice as many concurrent clients as the
+server holds (queue 4 + a batch of 2 running), a fixed number of requests, in two identical waves.
+
+Every request is answered: 200 if it was accepted, else 503 at once with Retry-After; none hangs;
+the server's own count of answers matches; memory after the second wave stays near the first's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import httpx
+import pytest
+
+from tests.api.api_images import jpeg
+from tests.reliability import tally
+from tests.reliability.server import running
+
+QUEUE_SIZE, MAX_BATCH = 4, 2
+CLIENTS = 2 * (QUEUE_SIZE + MAX_BATCH)  # 12: twice what the server holds at once
+REQUESTS_PER_CLIENT = 4
+WAVE_TIMEOUT_S = 240  # the whole wave; a hung request fails the test instead of hanging it
+RSS_GROWTH_MB = 64  # allowed between the two identical waves
+
+
+def _client(base: str, image: bytes) -> list[tuple[int, dict, str]]:
+    answers = []
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for _ in range(REQUESTS_PER_CLIENT):
+            r = client.post("/detect", files={"image": ("a.jpg", image, "image/jpeg")}, params={"max_detections": 5})
+            answers.append((r.status_code, dict(r.headers), r.text))
+    return answers
+
+
+def _wave(base: str, image: bytes) -> Counter:
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(_client, base, image) for _ in range(CLIENTS)]
+        done, not_done = wait(futures, timeout=WAVE_TIMEOUT_S)
+        assert not not_done, f"{len(not_done)} clients still waiting after {WAVE_TIMEOUT_S} s"
+    statuses = Counter()
+    for future in done:
+        for status, headers, text in future.result():
+            statuses[status] += 1
+            if status == 200:
+                assert '"width":64' in text, text[:200]
+            else:
+                assert status == 503, (status, text)
+                assert int(headers["retry-after"]) >= 1 and "busy" in text, (headers, text)
+    assert sum(statuses.values()) == CLIENTS * REQUESTS_PER_CLIENT
+    return statuses
+
+
+def _answered(metrics_text: str) -> Counter:
+    counts = Counter()
+    for line in metrics_text.splitlines():
+        if line.startswith('detector_requests_total{method="POST",route="/detect"'):
+            status = int(line.split('status="')[1].split('"')[0])
+            counts[status] += int(float(line.split()[-1]))
+    return counts
+
+
+@pytest.mark.slow
+def test_twice_the_capacity_is_served_or_refused_at_once_and_memory_stays_flat(tmp_path):
+    flags = ["--queue-size", str(QUEUE_SIZE), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
+             "--request-timeout-s", "120", "--log-level", "warning"]  # fmt: skip
+    image = jpeg(64, 48)
+    with running(tmp_path, *flags) as server:
+        server.wait_ready()
+        httpx.post(f"{server.base}/detect", files={"image": ("a.jpg", image)}, timeout=60).raise_for_status()
+        rss = [server.rss_mb()]
+        waves = []
+        for _ in range(2):
+            started = time.monotonic()
+            waves.append(_wave(server.base, image))
+            rss.append(server.rss_mb())
+            tally.LOAD.append(
+                f"{CLIENTS * REQUESTS_PER_CLIENT} requests, {CLIENTS} concurrent (queue {QUEUE_SIZE}, batch "
+                f"{MAX_BATCH}): 200 x{waves[-1][200]}, 503 x{waves[-1][503]}, other 0, hung 0, "
+                f"{time.monotonic() - started:.0f} s; RSS {rss[-2]:.0f} -> {rss[-1]:.0f} MB"
+            )
+        answered = _answered(server.get("/metrics").text)
+        assert server.get("/readyz").status_code == 200
+        exit_code = server.terminate()
+    for statuses in waves:
+        assert statuses[200] >= QUEUE_SIZE and statuses[503] > 0, statuses  # it really was overloaded
+    # The server counted exactly what the clients saw: nothing lost, nothing answered twice.
+    assert answered[200] == waves[0][200] + waves[1][200] + 1 and answered[503] == waves[0][503] + waves[1][503]
+    assert rss[2] - rss[1] < RSS_GROWTH_MB, f"RSS grew from {rss[1]:.0f} to {rss[2]:.0f} MB over an identical wave"
+    assert exit_code == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()
