@@ -194,7 +194,7 @@ class CocoDataset(Dataset):
                     f"annotation {ann['id']} in {self.annotation_file} has category_id "
                     f"{ann['category_id']}, not among the file's categories"
                 )
-            x, y, w, h = ann["bbox"]
+            x, y, w, h = self._checked_bbox(ann)
             box = (max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height))
             if box[2] <= box[0] or box[3] <= box[1]:
                 self.stats.degenerate_dropped += 1
@@ -211,6 +211,18 @@ class CocoDataset(Dataset):
             boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),  # (K, 4)
             labels=np.asarray(labels, dtype=np.int64),  # (K,)
         )
+
+    def _checked_bbox(self, ann: dict) -> tuple[float, float, float, float]:
+        """The annotation's [x, y, w, h]; a malformed bbox or (with masks) polygon is a ValueError naming it."""
+        where = f"annotation {ann.get('id')} in {self.annotation_file}"
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            raise ValueError(f"{where} has bbox {bbox!r}: expected [x, y, width, height]")
+        segmentation = ann.get("segmentation")
+        if self.with_masks and isinstance(segmentation, list):
+            if not segmentation or any(len(p) < 6 or len(p) % 2 for p in segmentation):
+                raise ValueError(f"{where}: each polygon needs at least 3 (x, y) points, got {segmentation!r}")
+        return tuple(float(v) for v in bbox)
 
     def _read_image(self, record: _Record) -> Tensor:
         """Decode as Tensor[3, H, W] uint8 RGB, EXIF orientation applied, as the Predictor's images are."""
