@@ -132,6 +132,8 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[
         except (OSError, KeyError) as e:
             raise ValueError(str(e)) from None
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)
+    if not args.iou_types and "keypoints" in provided and not _supports(coco_gt, "keypoints"):
+        provided.remove("keypoints")  # default: what the model gives and the annotations can score
     iou_types = _choose_iou_types(args.iou_types, provided, f"model {args.model}", allow_missing=False)
     _check_annotations_support(coco_gt, iou_types, args.ann)  # before the long part
     with _blame(args.ann):
@@ -159,6 +161,14 @@ def _choose_iou_types(requested: list[str] | None, provided: list[str], source: 
         needed = ", ".join(f"{t} needs {RESULT_KEY[t]!r}" for t in missing)
         raise ValueError(f"{source}: provides only {', '.join(provided) or 'nothing'} ({needed})")
     return requested
+
+
+def _supports(coco_gt, iou_type: str) -> bool:
+    try:
+        check_iou_type_supported(coco_gt, iou_type)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_annotations_support(coco_gt, iou_types: list[str], ann_path: Path) -> None:

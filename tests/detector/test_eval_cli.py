@@ -211,3 +211,21 @@ def test_real_model_over_generated_images(tmp_path, capsys):
     results = json.loads(results_path.read_text())
     assert results and {"image_id", "category_id", "bbox", "score", "segmentation", "keypoints"} <= set(results[0])
     assert metrics["timing"]["inference_s"] > 0
+
+
+def test_default_iou_types_leave_out_keypoints_an_instances_file_cannot_score(tmp_path):
+    from detector.data.synthetic import write_synthetic
+
+    paths = write_synthetic(tmp_path / "synth", train=0, val=1, size=96, seed=1)
+    data = json.loads(paths.val_annotations.read_text())
+    for category in data["categories"]:
+        category.pop("keypoints", None)
+        category.pop("skeleton", None)
+    ann = tmp_path / "instances_only.json"
+    ann.write_text(json.dumps(data))
+    metrics_path = tmp_path / "m.json"
+    args = ["--model", "small_r18_fpn", "--images", str(paths.val_images), "--ann", str(ann), "--metrics-out", str(metrics_path)]
+    assert eval_cli.main(args) == 0
+    assert set(json.loads(metrics_path.read_text())) >= {"bbox", "segm"}
+    assert "keypoints" not in json.loads(metrics_path.read_text())
+    assert eval_cli.main(args + ["--iou-types", "keypoints"]) == 2  # asked for explicitly: a clear error
