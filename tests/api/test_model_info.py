@@ -17,7 +17,12 @@ def test_model_info(client, predictor):
     assert info["preset"] == PRESET
     assert info["classes"] == predictor.class_names and info["classes"][0] == "__background__"
     assert (info["masks"], info["keypoints"], info["device"]) == (True, True, "cpu")
-    assert info["weights"] is None and info["weights_sha256"] is None  # random init
+    # The preset's built-in weights (weights/small_r18_fpn.safetensors) when the repository ships them.
+    if predictor.weights_path is None:
+        assert info["weights"] is None and info["weights_sha256"] is None
+    else:
+        assert info["weights"] == predictor.weights_path.name
+        assert info["weights_sha256"] == hashlib.sha256(predictor.weights_path.read_bytes()).hexdigest()
     assert info["max_batch_size"] == 4
 
 
