@@ -158,9 +158,18 @@ class Trainer:
             raise FloatingPointError(f"the loss is {values['total']} at iteration {self.iteration + 1}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # With AMP the scaler skips steps with inf/NaN gradients itself; without it such a step would
+        # write NaN into the weights (and the next checkpoint): stop instead.
+        if not self.scaler.is_enabled() and not math.isfinite(norm.item()):
+            raise FloatingPointError(
+                f"the gradients' norm is {norm.item()} at iteration {self.iteration + 1} (loss {values['total']:.4g})"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return values

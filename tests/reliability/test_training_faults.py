@@ -8,8 +8,7 @@ images without objects are left out and counted; a missing or unreadable file, o
 stops the run with exit 2 and ``error: <file or annotation>: <problem>``; a non-finite loss stops it
 with exit 1 and ``error: the loss is nan at iteration N``.
 
-Where the code does not do that yet, the test is marked xfail(strict=True) with the bug it shows:
-NaN gradients under a finite loss reach the checkpoint.
+A finite loss with NaN gradients stops the run too, before the step (the checkpoint stays whole).
 """
 
 from __future__ import annotations
@@ -246,10 +245,6 @@ def _empty_segmentation(data, images):
     return f"annotation {_new_annotation(data, segmentation=[])['id']}"
 
 
-def _bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"training bug, reported: {reason}")
-
-
 BAD_DATA = [
     pytest.param(_corrupt_image, id="corrupt-image"),
     pytest.param(_truncated_image, id="truncated-image"),
@@ -338,8 +333,6 @@ def test_a_nan_loss_stops_the_run_and_the_last_checkpoint_is_intact(tiny, tmp_pa
                         "intact and resumable")  # fmt: skip
 
 
-@_bug("a finite loss with NaN gradients is stepped: the checkpoint of that iteration holds NaN weights "
-      "(the run stops only at the next loss)")
 def test_nan_gradients_at_a_checkpoint_do_not_reach_the_checkpoint(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(RCNN, "forward", nan_at(2, grad=True))
     out = tmp_path / "run"
