@@ -29,6 +29,7 @@ from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported
 from detector.evaluation.inference import predict_coco_results
 from detector.evaluation.report import format_category_table, format_voc, metrics_dict
 from detector.evaluation.voc import VocResult, voc_ap
+from detector.modeling.speeds import SPEED_NAMES
 
 logger = logging.getLogger("detector.eval")
 
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, metavar="FILE", help="the model's weights (default: the preset's)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--speed", default="fast", choices=SPEED_NAMES,
+                        help="exact: torchvision's numbers bit for bit; fast (default): same maths, other rounding; "
+                             "bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
                         help="default: every type that the model or the results file provides")
@@ -72,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         finish(ctx)
 
 
-def load_predictor(preset: str, weights: Path | None, device: str):
+def load_predictor(preset: str, weights: Path | None, device: str, speed: str = "fast"):
     """The model's ``Predictor``; imported here so that ``--results`` runs without the model code."""
     from detector.predictor import Predictor
 
-    return Predictor.from_preset(preset, weights, device)
+    return Predictor.from_preset(preset, weights, device, speed=speed)
 
 
 def _run(args: argparse.Namespace, ctx: DistContext) -> int:
@@ -128,7 +132,7 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[
     """(every rank's results, the IoU types to score, the seconds spent predicting and gathering)."""
     with _blame(f"model {args.model}"):
         try:
-            predictor = load_predictor(args.model, args.weights, args.device)
+            predictor = load_predictor(args.model, args.weights, args.device, args.speed)
         except (OSError, KeyError) as e:
             raise ValueError(str(e)) from None
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)

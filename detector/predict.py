@@ -16,6 +16,7 @@ from pathlib import Path
 
 from detector.data.images import read_image
 from detector.modeling.presets import PRESETS
+from detector.modeling.speeds import SPEED_NAMES
 
 DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 
@@ -27,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--speed", default="fast", choices=SPEED_NAMES,
+                   help="exact: torchvision's numbers bit for bit; fast (default): same maths, other rounding; "
+                        "bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         images = [read_image(path) for path in args.images]  # every file is checked before any work
-        predictor = Predictor.from_preset(args.model, args.weights, args.device)
+        predictor = Predictor.from_preset(args.model, args.weights, args.device, speed=args.speed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

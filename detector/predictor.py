@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from detector.modeling.fuse import bf16_is_fast
+from detector.modeling.speeds import SPEEDS
 from detector.modeling.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
@@ -27,9 +29,30 @@ MASK_FORMATS = ("rle", "polygon", "none")
 
 
 class Predictor:
-    def __init__(self, model: RCNN, *, device: str | torch.device = "cpu", name: str = "custom", weights_path: Path | None = None) -> None:
+    """``speed`` (``detector.modeling.speeds.SPEEDS``): "exact" runs the model as it is (torchvision's
+    detections bit for bit); "fast" (default) folds FrozenBN into the convs, runs the trunk channels-last
+    and 3x3 convs with NNPACK: the same maths, rounded otherwise, so the same detections up to float
+    rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
+    run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training), and
+    its weights are held twice."""
+
+    def __init__(
+        self,
+        model: RCNN,
+        *,
+        device: str | torch.device = "cpu",
+        name: str = "custom",
+        weights_path: Path | None = None,
+        speed: str = "fast",
+    ) -> None:
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.speed = speed
+        if speed == "bf16" and not bf16_is_fast(self.device):
+            log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
+        self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
         self.class_names = list(model.cfg.class_names)
@@ -37,7 +60,9 @@ class Predictor:
         self.has_keypoints = model.cfg.keypoint is not None
 
     @classmethod
-    def from_preset(cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> Predictor:
+    def from_preset(
+        cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast"
+    ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
         preset's built-in weights are used where the project ships them, else the model is random."""
         model = build_model(get_preset(preset))
@@ -48,7 +73,7 @@ class Predictor:
             load_weights(model, weights)
         else:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
-        return cls(model, device=device, name=preset, weights_path=weights)
+        return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """One forward pass over ``images`` (HWC uint8 RGB). Detections come back on the CPU."""
@@ -60,7 +85,7 @@ class Predictor:
             tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1).to(self.device))
         if not tensors:
             return []
-        return [d.to("cpu") for d in self.model.predict(tensors)]
+        return [d.to("cpu") for d in self._net.predict(tensors)]
 
     def to_json(self, det: Detections, *, masks: str = "rle", keypoints: bool = True) -> dict:
         """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",

@@ -46,8 +46,8 @@ class BoxHead(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, S, S) -> class logits (B, C+1), box deltas (B, (C+1)*4)."""
-        x = F.relu(self.fc1(x.flatten(1)))
-        x = F.relu(self.fc2(x))
+        x = F.relu_(self.fc1(x.flatten(1)))
+        x = F.relu_(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x)
 
 

@@ -36,7 +36,7 @@ class KeypointHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, D, 14, 14) -> heatmap logits (B, P, 56, 56)."""
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = F.relu_(conv(x))  # in place: conv outputs are read by nothing else
         x = self.deconv(x)  # (B, P, 28, 28)
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 

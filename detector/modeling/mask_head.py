@@ -36,8 +36,8 @@ class MaskHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, D, S, S) -> mask logits (B, C+1, 2S, 2S)."""
         for conv in self.convs:
-            x = F.relu(conv(x))
-        return self.predictor(F.relu(self.deconv(x)))
+            x = F.relu_(conv(x))  # in place: conv outputs are read by nothing else
+        return self.predictor(F.relu_(self.deconv(x)))
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, size: int) -> Tensor:

@@ -8,6 +8,8 @@ Shape shorthand: B boxes over the whole batch, C channels, S output size.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -51,13 +53,45 @@ class MultiLevelRoIPooler(nn.Module):
         if rois.shape[0] == 0:
             return out
         levels = self.level_of(rois[:, 1:])
+        jobs = []  # (indices into rois, feature, scale): one per level, split further across threads
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
-            if idx.numel():
-                out[idx] = self._pool(feature, rois[idx], scale).to(out.dtype)
+            jobs += [(part, feature, scale) for part in _split(idx, feature)]
+        pool = _thread_pool() if len(jobs) > 1 and not torch.is_grad_enabled() else None
+        if pool is None:
+            pooled = [self._pool(feature, rois[idx], scale) for idx, feature, scale in jobs]
+        else:  # torchvision's CPU RoIAlign runs on one thread and lets go of the GIL: RoIs are independent
+            pooled = list(pool.map(lambda job: self._pool(job[1], rois[job[0]], job[2]), jobs))
+        for (idx, _, _), result in zip(jobs, pooled):
+            out[idx] = result.to(out.dtype)
         return out
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.kind == "pool":
             return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+
+
+def _thread_pool() -> ThreadPoolExecutor | None:
+    """A pool of torch.get_num_threads() threads for CPU RoIAlign (None for one thread); a new one after
+    a fork, whose child has none of its parent's threads."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    if _POOL is None or _POOL[:2] != (os.getpid(), threads):
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
+    return _POOL[2]
+
+
+def _split(idx: Tensor, feature: Tensor) -> list[Tensor]:
+    """``idx`` in one chunk per CPU thread (at least 16 RoIs each) without autograd, else whole; [] if empty."""
+    if idx.numel() == 0:
+        return []
+    if feature.device.type != "cpu" or torch.is_grad_enabled():
+        return [idx]
+    chunks = max(1, min(torch.get_num_threads(), idx.numel() // 16))
+    return list(idx.tensor_split(chunks))

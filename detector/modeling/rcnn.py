@@ -3,10 +3,12 @@
 ``forward(images, targets)`` returns the loss dict (training); ``predict(images)`` returns one
 ``Detections`` per image in that image's pixels (inference). ``build_model(cfg)`` composes it from a
 ``ModelConfig``; the named configurations are in ``detector.modeling.presets``.
+``optimize_for_inference()`` gives a faster copy for ``predict`` (``detector.modeling.fuse``).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -16,11 +18,13 @@ from detector.modeling.anchors import AnchorConfig
 from detector.modeling.backbone import BackboneConfig, ResNetBackbone
 from detector.modeling.box_head import BoxHeadConfig
 from detector.modeling.fpn import FPN, FPNConfig
+from detector.modeling.fuse import apply_inference_options, autocast, to_nchw
+from detector.modeling.speeds import InferenceOptions
 from detector.modeling.keypoint_head import KeypointHeadConfig
 from detector.modeling.mask_head import MaskHeadConfig
 from detector.modeling.roi_heads import RoIHeads
 from detector.modeling.rpn import RPN, RPNConfig
-from detector.modeling.transform import InputConfig, batch_images, normalize, rescale_detections, resize, to_float
+from detector.modeling.transform import InputConfig, batch_images, normalize, padded_size, rescale_detections, resize, to_float
 from detector.structures import Detections, Targets
 
 
@@ -51,18 +55,24 @@ class RCNN(nn.Module):
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn)
         self.rpn = RPN(self.fpn.out_channels, cfg.anchors, cfg.rpn)
         self.roi_heads = RoIHeads(self.fpn.out_channels, cfg.num_classes, box=cfg.box, mask=cfg.mask, keypoint=cfg.keypoint)
+        self.inference_options = InferenceOptions()  # exact; see optimize_for_inference
+        self.inference_only = False  # True once BN is folded or bf16 wrappers are in: forward refuses
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def features(self, batch: Tensor) -> list[Tensor]:
-        """(N, 3, Hp, Wp) normalised batch -> [P2, ..., P6]."""
+        """(N, 3, Hp, Wp) normalised batch -> [P2, ..., P6] (channels-last if the options say so)."""
+        if self.inference_options.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return self.fpn(self.backbone(batch))
 
     def forward(self, images: list[Tensor], targets: list[Targets]) -> dict[str, Tensor]:
         """Training losses. Images (3, H, W) arrive at their training size (the data pipeline resizes and
         flips); targets are in those images' pixels."""
+        if self.inference_only:
+            raise RuntimeError("this copy was optimised for inference (BN folded or bf16): train the original model")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         images = [normalize(to_float(i), self.cfg.input) for i in images]
@@ -74,17 +84,54 @@ class RCNN(nn.Module):
         return losses
 
     @torch.inference_mode()
-    def predict(self, images: list[Tensor]) -> list[Detections]:
-        """Detections for each image (3, H, W), float in [0, 1] or uint8, in that image's pixels."""
+    def predict(self, images: list[Tensor], *, pad_together: bool = False) -> list[Detections]:
+        """Detections for each image (3, H, W), float in [0, 1] or uint8, in that image's pixels.
+
+        Images are padded to a common size to run as one batch, and padding moves detections near an
+        image's border a little. So by default images run in groups of equal padded size, and each
+        image's detections are those it gets alone, whatever it is batched with. ``pad_together``
+        pads them all to one batch, as torchvision's models do."""
         cfg = self.cfg.input
         original_sizes = [tuple(i.shape[-2:]) for i in images]
         images = [resize(normalize(to_float(i), cfg), cfg.min_size, cfg.max_size) for i in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            key = (0, 0) if pad_together else padded_size(image.shape[-2:], cfg.size_divisible)
+            groups.setdefault(key, []).append(i)
+        detections: list[Detections | None] = [None] * len(images)
+        for indices in groups.values():
+            for i, det in zip(indices, self._predict_batch([images[i] for i in indices])):
+                detections[i] = rescale_detections(det, original_sizes[i])
+        return detections
+
+    def _predict_batch(self, images: list[Tensor]) -> list[Detections]:
+        """Resized, normalised images -> detections in those images' pixels."""
         sizes = [tuple(i.shape[-2:]) for i in images]
-        batch = batch_images(images, cfg.size_divisible)
-        features = self.features(batch)
+        batch = batch_images(images, self.cfg.input.size_divisible)
+        with autocast(batch.device, self.inference_options):
+            features = self.features(batch)
         proposals, _ = self.rpn(features, sizes, tuple(batch.shape[-2:]))
-        detections = self.roi_heads.predict(features, proposals, sizes)
-        return [rescale_detections(d, size) for d, size in zip(detections, original_sizes)]
+        # RoIAlign reads float32 NCHW; converted once here, not at every pooling (a no-op when exact).
+        features = [to_nchw(f.float()) for f in features]
+        return self.roi_heads.predict(features, proposals, sizes)
+
+    def optimize_for_inference(
+        self, *, fuse_bn: bool = True, channels_last: bool = True, nnpack: bool = True, bf16: bool = False
+    ) -> RCNN:
+        """A copy of this model, in eval mode, faster at ``predict``; this model is left as it is (it may
+        be training). The defaults are Predictor's speed="fast"; see ``detector.modeling.fuse``.
+
+        ``fuse_bn``: fold FrozenBatchNorm into the convs (GN/BN models have none to fold) and run each
+        bottleneck's ReLUs and residual add inside its convs. ``channels_last``: backbone, FPN (and RPN
+        head without NNPACK) in NHWC, and the mask head's deconv and 1x1 predictor. ``nnpack``: 3x3
+        stride-1 convs by NNPACK on the CPU, and the RPN head's 1x1 convs as one matmul. ``bf16``: convs
+        and linear layers under bfloat16 autocast (then no NNPACK). A copy with BN folded or bf16 cannot
+        train (``forward`` raises) and its state_dict has other keys: save and train the original."""
+        model = copy.deepcopy(self).eval()
+        model.inference_options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last,
+                                                   nnpack=nnpack and not bf16, bf16=bf16)
+        model.inference_only = not apply_inference_options(model, model.inference_options)
+        return model
 
 
 def build_model(cfg: ModelConfig) -> RCNN:

@@ -51,7 +51,7 @@ class RPNHead(nn.Module):
         """Per level: objectness (N, A, Hl, Wl) and deltas (N, A*4, Hl, Wl)."""
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = F.relu_(self.conv(x))
             logits.append(self.objectness_logits(t))
             deltas.append(self.anchor_deltas(t))
         return logits, deltas

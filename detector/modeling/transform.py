@@ -49,12 +49,14 @@ def resize(image: Tensor, min_size: int, max_size: int) -> Tensor:
     )[0]
 
 
+def padded_size(size: tuple[int, int], size_divisible: int) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of ``size_divisible``."""
+    return tuple((s + size_divisible - 1) // size_divisible * size_divisible for s in size)
+
+
 def batch_images(images: list[Tensor], size_divisible: int) -> Tensor:
     """Zero-pad (after normalisation) to a common size: Tensor[N, 3, Hp, Wp]."""
-    h = max(i.shape[1] for i in images)
-    w = max(i.shape[2] for i in images)
-    h = (h + size_divisible - 1) // size_divisible * size_divisible
-    w = (w + size_divisible - 1) // size_divisible * size_divisible
+    h, w = padded_size((max(i.shape[1] for i in images), max(i.shape[2] for i in images)), size_divisible)
     batch = images[0].new_zeros((len(images), 3, h, w))
     for b, img in zip(batch, images):
         b[:, : img.shape[1], : img.shape[2]].copy_(img)

@@ -130,10 +130,10 @@ def test_model_path_with_a_stand_in_predictor(dataset, tmp_path, monkeypatch, ca
 
     code = eval_cli.main(["--model", "stand-in", "--weights", "w.pt", "--images", str(tmp_path / "images"),
                           "--ann", str(ann), "--batch-size", "3", "--out", str(out_path),
-                          "--metrics-out", str(metrics_path)])
+                          "--metrics-out", str(metrics_path), "--speed", "exact"])
 
     assert code == 0
-    assert loaded == [("stand-in", Path("w.pt"), "cpu")] and predictor.batch_sizes == [3]
+    assert loaded == [("stand-in", Path("w.pt"), "cpu", "exact")] and predictor.batch_sizes == [3]
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics) == {"bbox", "keypoints", "per_category_ap", "voc", "timing"}  # no masks: no segm
     assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["keypoints"]["AP"] == pytest.approx(1.0)

@@ -39,3 +39,24 @@ def test_unreadable_images_are_named(tmp_path, image_file, capsys):
     assert main(["--out", str(out), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_speed_modes_give_the_same_detections(tmp_path, image_file):
+    """--speed exact runs the model as it is; fast folds and reorders it: the same detections up to float
+    rounding (detector/modeling/fuse.py)."""
+    results = {}
+    for speed in ("exact", "fast"):
+        out = tmp_path / f"{speed}.json"
+        assert main(["--speed", speed, "--score-threshold", "0", "--masks", "none", "--out", str(out), str(image_file)]) == 0
+        results[speed] = json.loads(out.read_text())[0]["detections"]
+    assert len(results["exact"]) == len(results["fast"]) > 0
+    for e in results["exact"]:  # near-equal scores may swap places: match each by category and box
+        assert any(e["category"] == f["category"] and abs(e["score"] - f["score"]) < 1e-3
+                   and np.allclose(e["bbox"], f["bbox"], atol=0.05) for f in results["fast"])
+
+
+def test_an_unknown_speed_is_refused(tmp_path, image_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--speed", "ludicrous", "--out", str(tmp_path / "out.json"), str(image_file)])
+    assert exit_info.value.code == 2
+    assert "--speed" in capsys.readouterr().err

@@ -1,0 +1,22 @@
+"""The inference speed modes, by name (``Predictor(speed=...)``, ``--speed``); what each option does is
+in ``detector.modeling.fuse``. Without torch, so that the command lines can list them before importing it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    fuse_bn: bool = False
+    channels_last: bool = False
+    nnpack: bool = False
+    bf16: bool = False
+
+
+SPEEDS: dict[str, InferenceOptions] = {
+    "exact": InferenceOptions(),  # bit-identical to torchvision (tests/detector/modeling/test_parity.py)
+    "fast": InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True),  # same maths, other rounding
+    "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True),  # approximate; needs bf16 hardware
+}
+SPEED_NAMES = tuple(SPEEDS)

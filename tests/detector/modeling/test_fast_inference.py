@@ -1,0 +1,177 @@
+"""The speed options (detector/modeling/fuse.py, RCNN.optimize_for_inference, Predictor(speed=...)):
+"fast" gives the exact model's detections up to float rounding, "bf16" overlaps them, and neither
+touches the model being trained.
+
+Measured on this CPU (AVX2; 1 and 2 threads), "fast" (BN folded, fused bottlenecks, channels-last,
+NNPACK) against "exact":
+- small_r18_fpn, random init: boxes within 1.2e-4 px, scores within 5e-7 (tested at 5e-3 px, 1e-4);
+- maskrcnn_r50_fpn with parity_utils' random weights at 320 px: features within 4e-6 relative, same
+  detections and labels, boxes within 0.31-0.65 px (median 0.004-0.007 px), scores within 1.3e-3
+  (tested at 1 px, 5e-3). Those weights regress boxes far more than trained ones, so rounding-level
+  changes in the features move boxes ~1000x more than on small_r18_fpn; folding BN alone gives 0.21 px.
+"bf16" against float32, small_r18_fpn at 192-320 px: 93-96% of detections matched at IoU > 0.9 with the
+same label, scores within 1.5e-3, matched boxes within 0.3 px (tested: >= 80% matched, scores 1e-2).
+On the random-weight R50 at 800x1216 bf16 matches ~1% (bench/engine.py): its chaotic weights turn
+bf16's 4e-3 relative error into other boxes altogether, so bf16 needs checking on real weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d, box_iou
+
+from detector.modeling.backbone import BackboneConfig, ResNetBackbone
+from detector.modeling.fuse import NNPACKConv2d, fold_frozen_bn, use_nnpack
+from detector.modeling.presets import get_preset
+from detector.modeling.rcnn import RCNN
+from detector.modeling.transform import InputConfig
+from detector.predictor import Predictor
+from detector.structures import Targets
+from detector.weights.loading import load_state_dict_strict
+from detector.weights.torchvision_keys import convert_torchvision_state_dict
+from tests.detector.modeling.parity_utils import torchvision_reference
+
+BOX_TOL = 1.0  # px, random-weight R50 at 320 px; measured: 0.31-0.65 (median 0.004-0.007)
+SCORE_TOL = 5e-3  # measured: 1.3e-3
+
+
+def _images(n: int = 2):
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 300, 400, generator=g), torch.rand(3, 360, 280, generator=g)][:n]
+
+
+@pytest.fixture(scope="module")
+def r50() -> RCNN:
+    tv = torchvision_reference("maskrcnn_r50_fpn", eps=0.0)
+    model = RCNN(replace(get_preset("maskrcnn_r50_fpn"), input=InputConfig(min_size=320, max_size=512))).eval()
+    load_state_dict_strict(model, convert_torchvision_state_dict(tv.state_dict()))
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.eps = 0.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def small() -> RCNN:
+    torch.manual_seed(0)
+    return RCNN(get_preset("small_r18_fpn")).eval()
+
+
+def assert_same_detections(exact, fast, box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL) -> None:
+    """Same count and labels; every exact box has a fast box of its label within ``box_tol`` px."""
+    for e, f in zip(exact, fast):
+        assert len(e) == len(f)
+        assert sorted(e.labels.tolist()) == sorted(f.labels.tolist())
+        if len(e) == 0:
+            continue
+        dist = (e.boxes[:, None] - f.boxes[None]).abs().amax(dim=2)  # (K, K) L-inf, px
+        dist[e.labels[:, None] != f.labels[None]] = float("inf")
+        nearest, idx = dist.min(dim=1)
+        assert nearest.max() <= box_tol, nearest.max()
+        assert (e.scores - f.scores[idx]).abs().max() <= score_tol
+
+
+def test_folding_frozen_bn_is_exact_in_float64():
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(BackboneConfig(arch="resnet18")).double().eval()
+    for m in backbone.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_()
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_()
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    expected = backbone(x)
+    assert fold_frozen_bn(backbone) == 20  # stem, 2 per basic block x 8, 3 downsamples
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    for a, b in zip(expected, backbone(x)):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_nnpack_conv_matches_conv_and_steps_aside_for_training():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 1))
+    x = torch.randn(2, 8, 20, 24)
+    expected = block(x)
+    count = use_nnpack(block)
+    if count == 0:
+        pytest.skip("this torch has no NNPACK")
+    assert count == 1 and isinstance(block[0], NNPACKConv2d)  # only the 3x3 stride-1 conv
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), expected, rtol=1e-4, atol=1e-4)
+    block(x).sum().backward()  # with grad: nn.Conv2d's own path
+    assert block[0].weight.grad is not None
+
+
+def test_fast_r50_gives_the_exact_detections(r50):
+    fast = r50.optimize_for_inference(fuse_bn=True, channels_last=True, nnpack=True)
+    x = torch.randn(1, 3, 320, 416)
+    with torch.inference_mode():
+        for a, b in zip(r50.features(x), fast.features(x)):
+            assert ((a - b).abs().max() / a.abs().max()) < 1e-4
+    exact, out = r50.predict(_images()), fast.predict(_images())
+    assert all(len(e) > 10 for e in exact)
+    assert_same_detections(exact, out)
+    for e, f in zip(exact, out):
+        assert f.mask_probs is not None and f.mask_probs.shape == e.mask_probs.shape
+
+
+def test_fast_small_preset_gives_the_exact_detections(small):
+    fast = small.optimize_for_inference()  # GroupNorm: nothing to fold, channels-last and NNPACK only
+    assert not fast.inference_only
+    images = _images()
+    exact, out = small.predict(images), fast.predict(images)
+    assert all(len(e) > 0 for e in exact)
+    assert_same_detections(exact, out, box_tol=5e-3, score_tol=1e-4)
+    for e, f in zip(exact, out):
+        torch.testing.assert_close(f.keypoints[..., 2], e.keypoints[..., 2], atol=1e-3, rtol=0)
+
+
+def test_bf16_detections_overlap_the_float32_ones(small):
+    # 192 px: bf16 is emulated (~10x slower) on CPUs without AVX512-BF16.
+    model = RCNN(replace(small.cfg, input=InputConfig(min_size=192, max_size=256))).eval()
+    model.load_state_dict(small.state_dict())
+    bf16 = model.optimize_for_inference(bf16=True)
+    images = _images(1)
+    exact, out = model.predict(images)[0], bf16.predict(images)[0]
+    assert out.boxes.dtype == out.scores.dtype == out.mask_probs.dtype == torch.float32  # postprocessed in fp32
+    assert len(exact) > 10 and abs(len(out) - len(exact)) <= len(exact) // 10
+    iou = box_iou(exact.boxes, out.boxes) * (exact.labels[:, None] == out.labels[None])  # (K, K')
+    best, idx = iou.max(dim=1)
+    matched = best > 0.9
+    assert matched.float().mean() >= 0.8, matched.float().mean()
+    assert (exact.scores[matched] - out.scores[idx[matched]]).abs().max() <= 1e-2
+
+
+def test_the_original_model_is_untouched_and_can_still_train(r50, small):
+    state = {k: v.clone() for k, v in r50.state_dict().items()}
+    fast = r50.optimize_for_inference()
+    assert fast.inference_only and fast is not r50
+    assert set(r50.state_dict()) == set(state)
+    assert all(torch.equal(v, state[k]) for k, v in r50.state_dict().items())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in r50.modules())
+    target = Targets(boxes=torch.tensor([[10.0, 20.0, 60.0, 90.0]]), labels=torch.tensor([1]),
+                     masks=torch.zeros(1, 128, 128, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="optimised for inference"):
+        fast([torch.rand(3, 128, 128)], [target])
+    # A GroupNorm model's optimised copy has nothing folded: channels-last only, and it trains.
+    copy = small.optimize_for_inference()
+    copy.train()
+    target.keypoints = torch.zeros(1, 17, 3)
+    losses = copy([torch.rand(3, 128, 128)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_predictor_speed_modes(small):
+    image = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    exact = Predictor(small, speed="exact")
+    fast = Predictor(small)  # the default
+    assert fast.speed == "fast" and fast.model is small and exact.model is small
+    assert_same_detections(exact.predict([image]), fast.predict([image]), box_tol=5e-3, score_tol=1e-4)
+    with pytest.raises(ValueError, match="speed"):
+        Predictor(small, speed="ludicrous")
