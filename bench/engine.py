@@ -1,18 +1,29 @@
-"""Ours against torchvision's reference on identical weights and inputs.
+"""Ours against torchvision's reference on identical weights, inputs and thresholds, end to end and, for
+ours, stage by stage, in each of our speed modes (``detector.modeling.speeds.SPEEDS``).
 
-    python bench/engine.py --models maskrcnn_r50_fpn --size 800 1216 --threads 2 --repeat 3 --json bench/engine.json
+    python bench/engine.py --models maskrcnn_r50_fpn --size 800 1216 --threads 2
+    python bench/engine.py --models fasterrcnn_r50_fpn maskrcnn_r50_fpn keypointrcnn_r50_fpn --batches 1 2 4
+    python bench/engine.py --device cuda --modes exact fast bf16 --batches 1 4
 
-Both models get the same random weights (torchvision's COCO layout, FrozenBN; see
-tests/detector/modeling/parity_utils.py) and the same image; their score distributions are set so that
-each image gives the full 100 detections, as a busy COCO image does. "end to end" includes what a
-service needs: masks as COCO RLE (torchvision: paste 100 full-image masks, then encode; ours: encode
-from the boxes). Prints a table and writes JSON.
+Both models get the same random weights (torchvision's COCO layout, FrozenBN with eps = 0, as for its
+checkpoints; see tests/detector/modeling/parity_utils.py) and the same images; their score
+distributions are such that each image gives the full 100 detections, as a busy COCO image does.
+"end to end" includes what a service needs: masks as COCO RLE (torchvision: paste 100 full-image
+masks, then encode; ours: encode from the boxes). Stages are timed with forward hooks on our modules:
+pre (resize, normalise, pad; to channels-last), backbone, FPN, RPN (head and proposals), box / mask /
+keypoint head (RoIAlign and the head's layers), post (decoding, NMS, mask probabilities, keypoint
+decoding, back to image pixels, and the RLE). Each of our modes is compared with torchvision's output
+(JSON "vs_torchvision"; exact: bit-identical, all differences 0) and each fast mode with our exact one
+(table and JSON "vs_exact"): the fraction of detections matched (same label, IoU > 0.9; or within 1
+px) and the largest score and box differences.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -22,87 +33,263 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
+from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
+from detector.modeling.fuse import bf16_is_fast  # noqa: E402
+from detector.modeling.speeds import SPEEDS  # noqa: E402
 from detector.modeling.presets import get_preset  # noqa: E402
 from detector.modeling.rcnn import RCNN  # noqa: E402
 from detector.modeling.transform import InputConfig  # noqa: E402
 from detector.weights.loading import TORCHVISION_FROZEN_BN_EPS, load_state_dict_strict  # noqa: E402
-from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
 from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
 from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: E402
 
+log = logging.getLogger("bench.engine")
+MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
+STAGES = ("pre", "backbone", "fpn", "rpn", "box", "mask", "keypoint", "post")
+# Hooked modules, by stage: a stage's time is the sum of its modules' forward calls.
+_STAGE_MODULES = {
+    "backbone": ("backbone",),
+    "fpn": ("fpn",),
+    "rpn": ("rpn",),
+    "box": ("roi_heads.box_pooler", "roi_heads.box_head"),
+    "mask": ("roi_heads.mask_pooler", "roi_heads.mask_head"),
+    "keypoint": ("roi_heads.keypoint_pooler", "roi_heads.keypoint_head"),
+}
 
-def _time(fn, repeat: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
+
+class StageTimer:
+    """Forward hooks on our model's stages. ``run(fn)`` -> (seconds per stage, result of fn)."""
+
+    def __init__(self, model: RCNN, device: torch.device) -> None:
+        self.device = device
+        self.first_start: float | None = None
+        self.seconds: dict[str, float] = {}
+        for stage, names in _STAGE_MODULES.items():
+            for name in names:
+                module = _get(model, name)
+                if module is not None:
+                    module.register_forward_pre_hook(self._pre_hook())
+                    module.register_forward_hook(self._post_hook(stage))
+
+    def _now(self) -> float:
+        _sync(self.device)
+        return time.perf_counter()
+
+    def _pre_hook(self):
+        def hook(module, args):
+            module._bench_start = self._now()
+            if self.first_start is None:
+                self.first_start = module._bench_start
+
+        return hook
+
+    def _post_hook(self, stage: str):
+        def hook(module, args, output):
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + self._now() - module._bench_start
+
+        return hook
+
+    def run(self, fn) -> tuple[dict[str, float], object]:
+        self.first_start, self.seconds = None, {}
+        start = self._now()
         out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        total = self._now() - start
+        stages = {s: self.seconds.get(s, 0.0) for s in STAGES}
+        stages["pre"] = (self.first_start or start) - start
+        stages["post"] = total - sum(stages.values())
+        stages["total"] = total
+        return stages, out
+
+
+def _timed(fn, device: torch.device) -> tuple[float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _get(model: torch.nn.Module, name: str):
+    for part in name.split("."):
+        model = getattr(model, part, None)
+    return model
 
 
 def _torchvision_rle(outputs: list[dict]) -> list[list[dict]]:
+    """What a service does with torchvision's output: threshold the pasted masks and encode them."""
     rles = []
     for o in outputs:
         if "masks" not in o:
             rles.append([])
             continue
-        masks = (o["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
+        masks = (o["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
         rles.append(mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))))
     return rles
 
 
-def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int) -> dict:
+class _Boxes:
+    """torchvision's output dict as ``compare`` reads detections."""
+
+    def __init__(self, out: dict) -> None:
+        self.boxes, self.scores, self.labels = out["boxes"].cpu(), out["scores"].cpu(), out["labels"].cpu()
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def compare(ref, dets) -> dict:
+    """How far ``dets`` are from ``ref`` (lists of Detections): the fraction of ``ref``'s detections with a
+    detection of the same label at IoU > 0.9 ("matched"; over those pairs the largest |score| and
+    |coordinate| differences), and within 1 px in every coordinate ("matched_1px": random weights give
+    boxes under 1 px tall, whose IoU a rounding-level shift ruins)."""
+    matched = matched_1px = total = 0
+    score_diff = box_diff = 0.0
+    for r, d in zip(ref, dets):
+        total += len(r)
+        if len(r) == 0 or len(d) == 0:
+            continue
+        same = r.labels[:, None] == d.labels[None, :]  # (K_ref, K)
+        iou = box_iou(r.boxes.float(), d.boxes.float()) * same
+        dist = (r.boxes[:, None] - d.boxes[None]).abs().amax(dim=2).masked_fill(~same, float("inf"))
+        matched_1px += int((dist.min(dim=1).values <= 1.0).sum())
+        best, idx = iou.max(dim=1)
+        ok = best > 0.9
+        matched += int(ok.sum())
+        if ok.any():
+            score_diff = max(score_diff, (r.scores[ok] - d.scores[idx[ok]]).abs().max().item())
+            box_diff = max(box_diff, (r.boxes[ok] - d.boxes[idx[ok]]).abs().max().item())
+    n = max(total, 1)
+    return {"matched": round(matched / n, 4), "matched_1px": round(matched_1px / n, 4), "max_score_diff": score_diff,
+            "max_box_diff_px": box_diff}
+
+
+def _median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+
+
+def build_pair(preset: str, size: tuple[int, int], device: torch.device):
+    """torchvision's model and ours, on ``device``, with the same weights."""
     min_size, max_size = min(size), max(max(size), 1333)
     tv = torchvision_reference(preset, min_size=min_size, max_size=max_size, eps=TORCHVISION_FROZEN_BN_EPS)
     ours = RCNN(replace(get_preset(preset), input=InputConfig(min_size=min_size, max_size=max_size))).eval()
     load_state_dict_strict(ours, convert_torchvision_state_dict(tv.state_dict()))
     set_frozen_bn_eps(ours, TORCHVISION_FROZEN_BN_EPS)
+    return tv.to(device), ours.to(device)
+
+
+def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, modes: list[str],
+                device: torch.device, torchvision: bool = True) -> list[dict]:
+    """One row per implementation: torchvision's (unless ``torchvision`` is False), then ours per mode.
+    The implementations take turns within each repetition, so that a shared machine's load falls on
+    all of them alike; the first repetition is a warm-up (unless ``repeat`` is 0)."""
+    tv, ours = build_pair(preset, size, device)
     g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, *size, generator=g) for _ in range(batch)]
+    images = [torch.rand(3, *size, generator=g).to(device) for _ in range(batch)]
+    # Every copy before any hook: a copy would carry its original's hooks.
+    models = {mode: ours if mode == "exact" else ours.optimize_for_inference(**vars(SPEEDS[mode])) for mode in modes}
+    timers = {mode: StageTimer(model, device) for mode, model in models.items()}
+    slow = {m for m in modes if m == "bf16" and not bf16_is_fast(device)}
+    if slow:
+        log.warning("bf16 is emulated on this %s (no native bf16): timed once, without a warm-up", device)
 
     def run_tv():
         with torch.inference_mode():
             out = tv(images)
         return out, _torchvision_rle(out)
 
-    def run_ours():
-        dets = ours.predict(images)
+    def run_ours(model):
+        dets = model.predict(images)
         return dets, [d.rle_masks() if d.mask_probs is not None else [] for d in dets]
 
-    t_tv, (tv_out, _) = _time(run_tv, repeat)
-    t_ours, (our_out, _) = _time(run_ours, repeat)
-    return {
-        "model": preset,
-        "batch": batch,
-        "size": list(size),
-        "threads": torch.get_num_threads(),
-        "detections": [len(d) for d in our_out],
-        "torchvision_s": round(t_tv, 3),
-        "ours_s": round(t_ours, 3),
-        "speedup": round(t_tv / t_ours, 2),
-    }
+    tv_runs, runs, last = [], {m: [] for m in modes}, {}
+    for rep in range(repeat + 1):
+        if torchvision:
+            seconds, out = _timed(run_tv, device)
+            tv_runs.append(seconds)
+            last["torchvision"] = out
+        for mode, model in models.items():
+            if mode in slow and rep != repeat:
+                continue
+            stages, out = timers[mode].run(lambda model=model: run_ours(model))
+            runs[mode].append(stages)
+            last[mode] = out
+    base = {"model": preset, "batch": batch, "size": list(size), "device": str(device), "threads": torch.get_num_threads()}
+    rows = []
+    if torchvision:
+        rows.append({**base, "impl": "torchvision", "detections": [len(o["boxes"]) for o in last["torchvision"][0]],
+                     "total_s": round(statistics.median(tv_runs[1:] or tv_runs), 4),
+                     "runs_s": [round(t, 4) for t in tv_runs[1:] or tv_runs]})
+    exact = [d.to("cpu") for d in last["exact"][0]] if "exact" in last else None
+    for mode in modes:
+        timed = runs[mode] if mode in slow else runs[mode][1:] or runs[mode]
+        stages = _median_stages(timed)
+        dets = [d.to("cpu") for d in last[mode][0]]
+        row = {**base, "impl": f"ours-{mode}", "detections": [len(d) for d in dets], "total_s": stages.pop("total"),
+               "runs_s": [round(r["total"], 4) for r in timed], "stages_s": stages}
+        if mode == "bf16":
+            row["bf16_native"] = bf16_is_fast(device)
+        if mode != "exact" and exact is not None:
+            row["vs_exact"] = compare(exact, dets)
+        if torchvision:
+            row["vs_torchvision"] = compare([_Boxes(o) for o in last["torchvision"][0]], dets)
+        rows.append(row)
+    if torchvision:
+        for row in rows[1:]:
+            row["speedup"] = round(rows[0]["total_s"] / row["total_s"], 2)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':22} {'batch':>5} {'impl':12} {'total s':>8} {'speedup':>7} " + " ".join(f"{s:>8}" for s in STAGES)
+    head += f" {'matched':>7} {'<=1px':>6} {'max dscore':>10} {'max dbox px':>11}"
+    lines = [head]
+    for r in rows:
+        stages = r.get("stages_s", {})
+        cells = " ".join(f"{stages[s]:>8.3f}" if s in stages else f"{'':>8}" for s in STAGES)
+        vs = r.get("vs_exact")
+        tail = (f" {vs['matched']:>7.3f} {vs['matched_1px']:>6.3f} {vs['max_score_diff']:>10.2e} "
+                f"{vs['max_box_diff_px']:>11.2e}" if vs else "")
+        speedup = f"{r['speedup']:>7.2f}" if "speedup" in r else f"{'':>7}"
+        lines.append(f"{r['model']:22} {r['batch']:>5} {r['impl']:12} {r['total_s']:>8.3f} {speedup} {cells}{tail}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["maskrcnn_r50_fpn"])
+    p.add_argument("--models", nargs="+", default=["maskrcnn_r50_fpn"], choices=MODELS)
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--size", nargs=2, type=int, default=[800, 1216], metavar=("H", "W"))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=list(SPEEDS), choices=list(SPEEDS), help="our speed modes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (0: one run, no warm-up); "
+                   "the median is reported")
+    p.add_argument("--no-torchvision", action="store_true", help="time ours only")
     p.add_argument("--json", type=Path, default=Path("bench/engine.json"))
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    rows = [bench_model(m, tuple(args.size), b, args.repeat) for m in args.models for b in args.batches]
-    print(f"{'model':24} {'batch':>5} {'dets':>10} {'torchvision s':>14} {'ours s':>8} {'speedup':>8}")
-    for r in rows:
-        print(f"{r['model']:24} {r['batch']:>5} {str(r['detections']):>10} {r['torchvision_s']:>14} {r['ours_s']:>8} {r['speedup']:>8}")
+    device = torch.device(args.device)
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            rows += bench_model(model, tuple(args.size), batch, args.repeat, args.modes, device, not args.no_torchvision)
+    print(format_table(rows))
+    env = {"device": str(device), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": args.threads, "bf16_native": bf16_is_fast(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"device": "cpu", "rows": rows}, indent=1))
-    print(json.dumps(rows))
+    args.json.write_text(json.dumps({**env, "rows": rows}, indent=1))
+    print(f"wrote {args.json}")
     return 0
 
 

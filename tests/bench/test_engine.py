@@ -1,0 +1,34 @@
+"""bench/engine.py at a tiny size: it runs every mode, times every stage and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bench.engine import STAGES, compare, main
+from detector.structures import Detections
+
+
+def test_engine_bench_runs_at_a_tiny_size(tmp_path, capsys):
+    out = tmp_path / "engine.json"
+    assert main(["--models", "maskrcnn_r50_fpn", "--size", "64", "96", "--threads", "1", "--repeat", "0",
+                 "--modes", "exact", "fast", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["torchvision", "ours-exact", "ours-fast"]
+    assert rows[0]["detections"] == rows[1]["detections"]  # the same model, bit for bit
+    assert rows[1]["vs_torchvision"] == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
+    for row in rows[1:]:
+        assert set(row["stages_s"]) == set(STAGES) and row["stages_s"]["backbone"] > 0 and row["stages_s"]["mask"] > 0
+        assert row["speedup"] > 0
+    assert 0.0 <= rows[2]["vs_exact"]["matched"] <= 1.0
+    assert "ours-fast" in capsys.readouterr().out
+
+
+def test_compare_counts_matches_by_label_and_iou():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0]])
+    ref = [Detections(boxes=boxes, scores=torch.tensor([0.9, 0.8]), labels=torch.tensor([1, 2]))]
+    same = compare(ref, ref)
+    assert same == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
+    relabelled = [Detections(boxes=boxes, scores=torch.tensor([0.9, 0.7]), labels=torch.tensor([1, 3]))]
+    assert compare(ref, relabelled)["matched"] == compare(ref, relabelled)["matched_1px"] == 0.5
