@@ -135,12 +135,12 @@ def autocast(device: torch.device, options: InferenceOptions):
 
 
 class NNPACKConv2d(nn.Conv2d):
-    """A 3x3 stride-1 convolution computed by NNPACK's Winograd/FFT kernels at inference on the CPU
-    (2-3x faster than oneDNN's direct convolution on AVX2, ~1e-5 relative error against 3e-6); anything
-    else (grad, CUDA, another dtype) goes to nn.Conv2d."""
+    """A 3x3 stride-1 convolution computed by NNPACK's Winograd/FFT kernels at inference on the CPU where
+    that pays (``nnpack_pays``; ~1e-5 relative error against oneDNN's 3e-6); anything else (grad, CUDA,
+    another dtype, small maps) goes to nn.Conv2d."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or not nnpack_pays(x, self):
             return super().forward(x)
         x = to_nchw(x)
         if x.shape[0] == 1 or x.shape[2] * x.shape[3] <= 256:  # one image, or many RoIs: one call
@@ -148,6 +148,17 @@ class NNPACKConv2d(nn.Conv2d):
         # NNPACK's batched path is 2-3x slower than image by image on feature maps (measured 2x200x304).
         return torch.cat([torch._nnpack_spatial_convolution(x[i : i + 1], self.weight, self.bias, self.padding, self.stride)
                           for i in range(x.shape[0])])
+
+
+def nnpack_pays(x: Tensor, conv: nn.Conv2d) -> bool:
+    """Whether NNPACK beats oneDNN (channels-last) on this input. NNPACK transforms the whole kernel at
+    every call, so it wins only on wide convs over many pixels. Measured on a 2-core AVX2 CPU, NNPACK /
+    oneDNN time: 256 channels: 0.37 at 200x304, 0.42 at 100x152, 0.84 at 50x76, 1.4 at 32x44, 3.2 at
+    16x22; 100 RoIs of 14x14: 0.45; 128 channels: 0.66 at 100x152, 1.1 at 64x88, 1.0 for 100 RoIs;
+    512 channels: 1.1 at 25x38, 9 at 8x11; 64 channels: 1.0 at 200x304."""
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    channels = min(conv.in_channels, conv.out_channels)
+    return (channels >= 256 and pixels >= 3600) or (channels >= 128 and x.shape[0] == 1 and pixels >= 12000)
 
 
 def to_nchw(x: Tensor) -> Tensor:

@@ -93,19 +93,25 @@ def test_folding_frozen_bn_is_exact_in_float64():
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 
-def test_nnpack_conv_matches_conv_and_steps_aside_for_training():
+def test_nnpack_conv_matches_conv_where_it_pays_and_steps_aside_elsewhere(monkeypatch):
     torch.manual_seed(0)
-    block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 1))
-    x = torch.randn(2, 8, 20, 24)
-    expected = block(x)
+    block = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 1))
+    large, small = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 16, 16)  # 4096 and 256 pixels
+    expected = {"large": block(large), "small": block(small)}
     count = use_nnpack(block)
     if count == 0:
         pytest.skip("this torch has no NNPACK")
     assert count == 1 and isinstance(block[0], NNPACKConv2d)  # only the 3x3 stride-1 conv
+    calls = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(a[0].shape) or nnpack(*a))
     with torch.inference_mode():
-        torch.testing.assert_close(block(x), expected, rtol=1e-4, atol=1e-4)
-    block(x).sum().backward()  # with grad: nn.Conv2d's own path
-    assert block[0].weight.grad is not None
+        torch.testing.assert_close(block(large), expected["large"], rtol=1e-4, atol=1e-4)
+        assert calls == [(1, 256, 64, 64)]
+        torch.testing.assert_close(block(small), expected["small"], rtol=1e-4, atol=1e-4)
+        assert len(calls) == 1  # a small map: oneDNN's convolution is faster there (nnpack_pays)
+    block(large).sum().backward()  # with grad: nn.Conv2d's own path
+    assert block[0].weight.grad is not None and len(calls) == 1
 
 
 def test_fast_r50_gives_the_exact_detections(r50):
