@@ -4,6 +4,10 @@ ours, stage by stage, in each of our speed modes (``detector.modeling.speeds.SPE
     python bench/engine.py --models maskrcnn_r50_fpn --size 800 1216 --threads 2
     python bench/engine.py --models fasterrcnn_r50_fpn maskrcnn_r50_fpn keypointrcnn_r50_fpn --batches 1 2 4
     python bench/engine.py --device cuda --modes exact fast bf16 --batches 1 4
+    python bench/engine.py --models small_r18_fpn --size 480 640 --modes exact fast
+
+small_r18_fpn, the built-in model, has no torchvision twin: it runs alone, with its built-in weights,
+and the fast modes are compared with the exact one ("vs ex" in the table: how many times faster).
 
 Both models get the same random weights (torchvision's COCO layout, FrozenBN with eps = 0, as for its
 checkpoints; see tests/detector/modeling/parity_utils.py) and the same images; their score
@@ -42,12 +46,14 @@ from detector.modeling.speeds import SPEEDS  # noqa: E402
 from detector.modeling.presets import get_preset  # noqa: E402
 from detector.modeling.rcnn import RCNN  # noqa: E402
 from detector.modeling.transform import InputConfig  # noqa: E402
+from detector.predictor import Predictor  # noqa: E402
 from detector.weights.loading import TORCHVISION_FROZEN_BN_EPS, load_state_dict_strict  # noqa: E402
 from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
 from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: E402
 
 log = logging.getLogger("bench.engine")
-MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
+TORCHVISION_MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
+MODELS = (*TORCHVISION_MODELS, "small_r18_fpn")  # the built-in model has no torchvision twin: ours only
 STAGES = ("pre", "backbone", "fpn", "rpn", "box", "mask", "keypoint", "post")
 # Hooked modules, by stage: a stage's time is the sum of its modules' forward calls.
 _STAGE_MODULES = {
@@ -190,7 +196,10 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
     """One row per implementation: torchvision's (unless ``torchvision`` is False), then ours per mode.
     The implementations take turns within each repetition, so that a shared machine's load falls on
     all of them alike; the first repetition is a warm-up (unless ``repeat`` is 0)."""
-    tv, ours = build_pair(preset, size, device)
+    if preset in TORCHVISION_MODELS:
+        tv, ours = build_pair(preset, size, device)
+    else:  # at its own input size, with its built-in weights where present
+        tv, ours, torchvision = None, Predictor.from_preset(preset, device=device, speed="exact").model, False
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, *size, generator=g).to(device) for _ in range(batch)]
     # Every copy before any hook: a copy would carry its original's hooks.
@@ -244,11 +253,15 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
     if torchvision:
         for row in rows[1:]:
             row["speedup"] = round(rows[0]["total_s"] / row["total_s"], 2)
+    exact_s = next((r["total_s"] for r in rows if r["impl"] == "ours-exact"), None)
+    for row in rows:
+        if exact_s and row["impl"].startswith("ours-") and row["impl"] != "ours-exact":
+            row["speedup_vs_exact"] = round(exact_s / row["total_s"], 2)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':22} {'batch':>5} {'impl':12} {'total s':>8} {'speedup':>7} " + " ".join(f"{s:>8}" for s in STAGES)
+    head = f"{'model':22} {'batch':>5} {'impl':12} {'total s':>8} {'vs tv':>6} {'vs ex':>6} " + " ".join(f"{s:>8}" for s in STAGES)
     head += f" {'matched':>7} {'<=1px':>6} {'max dscore':>10} {'max dbox px':>11}"
     lines = [head]
     for r in rows:
@@ -257,7 +270,7 @@ def format_table(rows: list[dict]) -> str:
         vs = r.get("vs_exact")
         tail = (f" {vs['matched']:>7.3f} {vs['matched_1px']:>6.3f} {vs['max_score_diff']:>10.2e} "
                 f"{vs['max_box_diff_px']:>11.2e}" if vs else "")
-        speedup = f"{r['speedup']:>7.2f}" if "speedup" in r else f"{'':>7}"
+        speedup = " ".join(f"{r[k]:>6.2f}" if k in r else f"{'':>6}" for k in ("speedup", "speedup_vs_exact"))
         lines.append(f"{r['model']:22} {r['batch']:>5} {r['impl']:12} {r['total_s']:>8.3f} {speedup} {cells}{tail}")
     return "\n".join(lines)
 
