@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,7 +39,9 @@ class FPN(nn.Module):
         outputs = [self.output_convs[-1](top_down)]
         for i in range(len(features) - 2, -1, -1):
             lateral = self.lateral_convs[i](features[i])
-            top_down = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            upsampled = F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            # Without autograd, into the lateral's own memory: the same sums, one (N, D, Hi, Wi) fewer.
+            top_down = lateral + upsampled if torch.is_grad_enabled() else lateral.add_(upsampled)
             outputs.insert(0, self.output_convs[i](top_down))
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))  # P6
         return outputs
