@@ -5,6 +5,12 @@ waiting item, gathers more for up to ``max_wait_ms`` after that item arrived (at
 ``max_batch_size`` in all), and runs ``fn(items)`` in a dedicated thread so the event loop stays
 free. While a batch runs, the next one gathers in the queue.
 
+Serial traffic does not wait: once a forward pass ran a single item and nobody had queued behind it
+by its end, requests are coming one at a time (a client at concurrency 1), and a lone item starts
+at once instead of waiting ``max_wait_ms`` for company that does not come. The first pass that has
+company (a batch of several, or a queue behind it) brings the wait back. A fresh batcher waits, as
+Triton's and TorchServe's batchers always do, so a first burst of requests shares a pass.
+
 Failure handling, per request:
 - the queue is bounded: a full queue refuses at once (``QueueFull``, with a retry hint);
 - an item still waiting when its ``timeout_s`` has passed is dropped, not run (``DeadlineExceeded``);
@@ -108,6 +114,7 @@ class Batcher(Generic[T, R]):
         self._task: asyncio.Task | None = None
         self._closed = False
         self._mean_run_s = 0.1  # running mean of a batch's forward, for the Retry-After hint
+        self._serial = False  # the last pass ran one item with nobody queued at its end: do not wait
         # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-forward")
 
@@ -173,6 +180,7 @@ class Batcher(Generic[T, R]):
                 batch, stop = await self._gather()
                 if batch:
                     await self._run(batch)
+                    self._serial = len(batch) == 1 and self._queue.empty()
         finally:  # stopped, or cancelled mid-batch as the loop closes: nobody may wait forever
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -181,13 +189,14 @@ class Batcher(Generic[T, R]):
                     _fail(pending, BatcherClosed("the server is shutting down"))
 
     async def _gather(self) -> tuple[list[_Pending], bool]:
-        """Wait for one live item, then take more until the batch is full or its wait is over."""
+        """Wait for one live item, then take more until the batch is full or its wait is over (at
+        once, while the traffic is serial)."""
         batch: list[_Pending] = []
         gather_until = math.inf
         while len(batch) < self.max_batch_size:
             if self._queue.empty():
                 remaining = gather_until - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (batch and self._serial):
                     break
                 try:
                     entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)

@@ -79,7 +79,9 @@ async def _load(service: Service) -> None:
     try:
         if predictor is None:
             logger.info("loading preset %s on %s", settings.preset, settings.device)
-            predictor = await asyncio.to_thread(Predictor.from_preset, settings.preset, settings.weights, settings.device)
+            predictor = await asyncio.to_thread(
+                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
+            )
         if predictor.weights_path is not None:
             service.weights_sha256 = await asyncio.to_thread(_sha256, Path(predictor.weights_path))
         await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])

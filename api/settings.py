@@ -3,10 +3,12 @@ variables, overridable by ``python -m api`` flags (see ``api/__main__.py``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from detector.modeling.speeds import SPEED_NAMES
 
 
 class Settings(BaseSettings):
@@ -16,9 +18,14 @@ class Settings(BaseSettings):
     preset: str = Field("small_r18_fpn", description="model preset name (detector/modeling/presets.py)")
     weights: str | None = Field(None, description="weights file; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
+    speed: Literal[SPEED_NAMES] = Field(
+        "fast", description="exact: torchvision's numbers bit for bit; fast: the same maths rounded otherwise, "
+        "~2x on CPUs; bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)"
+    )
 
     # Batching: a GPU forward of 4 images costs little more than one; 10 ms of waiting is small
-    # next to a forward pass (tens of ms) and is only paid when the server is not already busy.
+    # next to a forward pass (tens of ms), is not paid when the server is already busy, nor by
+    # requests that come one at a time (api/batcher.py).
     max_batch_size: int = Field(4, ge=1, le=256, description="most images in one forward pass")
     max_wait_ms: float = Field(10.0, ge=0, description="longest a request waits for others to batch with")
     queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it: 503")

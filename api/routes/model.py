@@ -22,6 +22,7 @@ async def model_info(service: ReadyServiceDep) -> ModelInfoResponse:
         weights=predictor.weights_path.name if predictor.weights_path is not None else None,
         weights_sha256=service.weights_sha256,
         device=str(predictor.device),
+        speed=predictor.speed,
         max_batch_size=service.settings.max_batch_size,
     )
 

@@ -84,6 +84,49 @@ def test_a_lone_request_waits_at_most_max_wait():
     assert 0.02 < elapsed < 1.0
 
 
+def test_requests_one_at_a_time_start_at_once_and_company_brings_the_wait_back():
+    fn = SlowDouble(delay_s=0)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=300)
+        first = await batcher.submit(1)  # a fresh batcher waits for company
+        serial = [await batcher.submit(i) for i in (2, 3)]  # nobody came: one at a time, no wait
+        burst = await asyncio.gather(*(batcher.submit(i) for i in (4, 5, 6)))  # queued together: one pass
+        after_company = await batcher.submit(7)  # the last pass had company: the wait is back
+        await batcher.close()
+        return first, serial, burst, after_company
+
+    first, serial, burst, after_company = run(main())
+    assert fn.batches == [[1], [2], [3], [4, 5, 6], [7]]
+    assert [o.value for o in burst] == [8, 10, 12]
+    assert first.queue_s > 0.25 and after_company.queue_s > 0.25
+    assert all(o.queue_s < 0.15 for o in serial)  # well under the 300 ms window
+
+
+def test_a_request_queued_behind_a_lone_pass_is_company():
+    fn = SlowDouble(delay_s=0)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=300)
+        await batcher.submit(0)  # a fresh batcher waits, then runs it alone: serial from now on
+        fn.release.clear()
+        running = asyncio.create_task(batcher.submit(1))  # starts at once, held in the forward pass
+        while len(fn.batches) < 2:
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(batcher.submit(2))  # arrives while it runs: concurrent traffic
+        await asyncio.sleep(0.01)
+        fn.release.set()
+        await running
+        behind = await queued  # waits for company again, up to 300 ms after it arrived
+        alone = await batcher.submit(3)  # [2] had nobody behind it: serial again
+        await batcher.close()
+        return behind, alone
+
+    behind, alone = run(main())
+    assert fn.batches == [[0], [1], [2], [3]]
+    assert behind.queue_s > 0.25 and alone.queue_s < 0.15
+
+
 def test_one_bad_item_fails_only_its_request():
     fn = SlowDouble(delay_s=0.01, fail_on=13)
 

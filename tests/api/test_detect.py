@@ -6,9 +6,13 @@ from __future__ import annotations
 import io
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from api.decode import decode_image
+from api.routes.detect import select
+from api.schemas import DetectOptions
 from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
 from tests.api.serving import as_file, serving
 
@@ -209,3 +213,46 @@ def test_a_failing_request_fails_alone_and_the_server_keeps_serving(predictor):
         assert [r.status_code for r in responses] == [200, 500, 200]
         assert "inference failed" in responses[1].json()["detail"]
         assert client.post("/detect", files=as_file(jpeg())).status_code == 200
+
+
+def _scene(width: int, height: int, seed: int) -> bytes:
+    """A PNG (lossless: the server decodes exactly these pixels) of a few filled shapes on noise."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)  # (H, W, 3)
+    y, x = np.mgrid[0:height, 0:width]
+    for _ in range(3):  # squares and discs
+        cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+        r = rng.uniform(0.1, 0.25) * min(width, height)
+        square = (np.abs(x - cx) < r) & (np.abs(y - cy) < r)
+        image[square if rng.random() < 0.5 else (x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.integers(120, 256, 3)
+    return encode(Image.fromarray(image), "PNG")
+
+
+def _assert_same_detections(served: list[dict], alone: list[dict]) -> None:
+    """Equal up to float rounding: labels and masks exactly, numbers within 1e-4."""
+    assert [(d["label"], d["category"]) for d in served] == [(d["label"], d["category"]) for d in alone]
+    for got, want in zip(served, alone):
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+        assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-4)
+        assert np.asarray(got["keypoints"]) == pytest.approx(np.asarray(want["keypoints"]), abs=1e-4)
+        assert got["mask"] == want["mask"]
+
+
+def test_simultaneous_requests_of_mixed_sizes_share_passes_and_each_gets_its_own_answer(predictor):
+    # (width, height): landscape, portrait, square and wide, which a batch would pad differently from
+    # each alone; the engine runs each padded size as its own group, and 4:3 at two scales share one.
+    sizes = [(96, 72), (72, 96), (100, 100), (160, 120), (200, 80), (120, 160)]
+    bodies = [_scene(w, h, seed) for seed, (w, h) in enumerate(sizes)]
+    with serving(predictor, max_batch_size=4, max_wait_ms=200) as client:
+        responses = _post_concurrently(client, bodies, **ALL)
+        assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+        passes, images = _metric(client, "detector_batch_size_count"), _metric(client, "detector_batch_size_sum")
+    assert images == len(bodies) and passes < len(bodies)
+    options = DetectOptions(**ALL)
+    for body, response in zip(bodies, responses):
+        image = decode_image(body, max_pixels=10**8)
+        det = select(predictor.predict([image])[0], options.score_threshold, options.max_detections, None)
+        alone = predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
+        assert (response.json()["width"], response.json()["height"]) == (alone["width"], alone["height"])
+        assert response.json()["detections"], "the model finds something at score 0"
+        _assert_same_detections(response.json()["detections"], alone["detections"])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.main import create_app
 from detector.predictor import Predictor
 from detector.weights import save_weights
 from tests.api.api_images import jpeg
-from tests.api.serving import PRESET, as_file, serving
+from tests.api.serving import PRESET, as_file, serving, settings, wait_ready
 
 
 def test_model_info(client, predictor):
@@ -24,6 +26,15 @@ def test_model_info(client, predictor):
         assert info["weights"] == predictor.weights_path.name
         assert info["weights_sha256"] == hashlib.sha256(predictor.weights_path.read_bytes()).hexdigest()
     assert info["max_batch_size"] == 4
+    assert info["speed"] == predictor.speed
+
+
+def test_the_speed_setting_reaches_the_loaded_model():
+    """DETECTOR_SPEED / --speed: the app loads its model in that mode (detector/modeling/fuse.py)."""
+    with TestClient(create_app(settings(preset=PRESET, speed="exact"))) as client:
+        wait_ready(client)
+        assert client.get("/v1/model").json()["speed"] == "exact"
+        assert client.app.state.service.predictor.speed == "exact"
 
 
 def test_model_info_names_the_weights_and_their_hash(predictor, tmp_path):
