@@ -13,8 +13,9 @@
   and 1x1 predictor. The features go back to NCHW once before RoIAlign, whose CPU kernel would
   otherwise copy them back at every call. Exact up to float rounding, as ``fuse_bn``.
 - ``nnpack``: 3x3 stride-1 convolutions (~70% of Mask R-CNN's FLOPs: the bottlenecks' middle convs,
-  FPN outputs, RPN head, mask and keypoint heads) run NNPACK's Winograd kernels on the CPU, 2-3x faster
-  than oneDNN on AVX2. Winograd is exact in real arithmetic too; in float32 its error is ~1e-5 relative
+  FPN outputs, RPN head, mask and keypoint heads) run NNPACK's Winograd kernels on the CPU where that
+  pays (``nnpack_pays``: wide convs over large maps, 2-2.7x faster than oneDNN on AVX2; on small maps
+  NNPACK is slower, and oneDNN runs them). Winograd is exact in real arithmetic too; in float32 its error is ~1e-5 relative
   (oneDNN's: ~3e-6). NNPACK reads NCHW: channels-last inputs are transposed for it (``to_nchw``, 2-10x
   faster than torch's own copy). The RPN head's two 1x1 convs become one matmul. Ignored on CUDA (cuDNN
   chooses its own algorithms) and where NNPACK is not built. NNPACK's thread pool is sized by
@@ -25,9 +26,13 @@
   almost none do (tests/detector/modeling/test_fast_inference.py). It pays only where the hardware has
   bf16 arithmetic (CUDA; CPUs with AVX512-BF16 or AMX): elsewhere oneDNN emulates it, ~10x slower.
 
-Measured with bench/engine.py (maskrcnn_r50_fpn, 800x1216, batch 1, 2 threads, 2-core AVX2 CPU, end to
-end with RLE): torchvision 5.3-5.4 s, exact 4.6-5.0 s, fast 2.5-2.7 s (2.0-2.1x) on a quiet machine;
-13.8 s, 11.8 s and 5.9 s (2.3x) beside another 2-thread job.
+The "exact" mode has none of these: it is the model itself, whose own inference path is bit-identical
+to torchvision (in-place frozen BN, ReLUs and FPN sums, RoIAlign across threads, masks encoded from
+their boxes). Measured with bench/engine.py (800x1216, 2 threads, 2-core AVX2 CPU, end to end with
+RLE; medians, bench/results/): maskrcnn_r50_fpn batch 1: torchvision 5.02 s, exact 3.93 s (1.24x),
+fast 2.27 s (2.22x); batch 2: 1.37x and 2.16x; batch 4: 1.30x and 2.39x. fasterrcnn_r50_fpn: exact
+1.15x, fast 2.09x; keypointrcnn_r50_fpn: exact 1.01x, fast 1.90x. small_r18_fpn: fast 1.07-1.20x
+the exact mode, the same synthetic-val AP to 0.01 point.
 
 ``detector.modeling.speeds.SPEEDS`` names the combinations ``Predictor(speed=...)`` offers.
 """
