@@ -82,7 +82,7 @@ def test_the_page_is_not_in_the_api_document(plain_client):
 def base_url(tmp_path_factory) -> Iterator[str]:
     if find_browser() is None:
         pytest.skip(NO_BROWSER)
-    with serve(tmp_path_factory.mktemp("server") / "server.log", api_keys=KEY) as base:
+    with serve(tmp_path_factory.mktemp("server"), api_keys=KEY) as base:
         yield base
 
 

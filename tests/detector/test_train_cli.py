@@ -8,24 +8,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from detector import train as train_cli
 from detector.data.synthetic import ensure_synthetic
 from detector.modeling.rcnn import RCNN
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), train=4, val=2, size=64, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data_args(tiny) -> list[str]:

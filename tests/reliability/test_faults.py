@@ -25,7 +25,7 @@ from api.main import create_app
 from tests.api.api_images import jpeg
 from tests.api.serving import as_file, serving, settings, wait_ready
 from tests.reliability import tally
-from tests.reliability.server import running
+from tests.api.process import running
 
 
 class FaultyPredictor:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.api.api_images import jpeg
 from tests.reliability import tally
-from tests.reliability.server import running
+from tests.api.process import running
 
 QUEUE_SIZE, MAX_BATCH = 4, 2
 CLIENTS = 2 * (QUEUE_SIZE + MAX_BATCH)  # 12: twice what the server holds at once

@@ -31,23 +31,18 @@ from detector.data.synthetic import ensure_synthetic
 from detector.modeling.rcnn import RCNN
 from detector.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tests.reliability import tally
-from tests.reliability.server import ROOT
+from tests.api.process import ROOT
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "0"))  # the random kill points; any seed must pass
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), train=6, val=2, size=64, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _args(tiny, out: Path, *more: str, images: Path | None = None, ann: Path | None = None) -> list[str]:

@@ -25,7 +25,7 @@ from detector.modeling.rcnn import build_model
 from detector.weights.catalogue import Entry
 from tests.api.serving import PRESET, settings
 from tests.reliability import tally
-from tests.reliability.server import running
+from tests.api.process import running
 
 CATALOGUED_NAME = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"  # an entry of weights/catalogue.json
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,50 +9,17 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.serving import PRESET
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.api.process import running
 
 
 @contextmanager
-def serve(log_path: Path, api_keys: str = "", timeout_s: float = 120.0) -> Iterator[str]:
-    """The base URL of a started, ready service (the small model, one thread); its output goes to
-    ``log_path``, and is quoted if it fails to become ready."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": api_keys}
-    command = [sys.executable, "-m", "api", "--preset", PRESET, "--port", str(port), "--log-level", "warning"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(proc, base, log_path, timeout_s)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(proc: subprocess.Popen, base: str, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited early:\n{log_path.read_text()}"
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the server did not become ready in {timeout_s} s:\n{log_path.read_text()}")
+def serve(log_dir: Path, api_keys: str = "", timeout_s: float = 120.0) -> Iterator[str]:
+    """The base URL of a started, ready service (the small model, one thread); its output goes to a
+    file in ``log_dir``, and is quoted if it fails to become ready."""
+    with running(log_dir, api_keys=api_keys) as server:
+        server.wait_ready(timeout_s)
+        yield server.base
+        server.terminate(30)
 
 
 def detect_requests(base: str, key: str) -> int:

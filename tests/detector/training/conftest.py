@@ -6,7 +6,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from detector.data.synthetic import SyntheticPaths, ensure_synthetic
 from detector.modeling.presets import small_r18_fpn
@@ -34,9 +33,5 @@ def tiny_synthetic(tmp_path_factory) -> SyntheticPaths:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every training test with one intra-op thread (tests/conftest.py)."""

@@ -1,4 +1,5 @@
-"""``python -m api`` as a real process on a loopback port (imported as tests.reliability.server).
+"""``python -m api`` as a real process on a loopback port (imported as tests.api.process), for the
+process, browser and reliability tests.
 
 Its output goes to a file, not a pipe (a pipe nobody reads blocks a chatty server); its memory is
 read from /proc. The process is always gone when the ``with`` block ends.
@@ -80,11 +81,12 @@ class Server:
 
 
 @contextmanager
-def running(tmp_path: Path, *flags: str, preset: str = PRESET) -> Iterator[Server]:
-    """Start ``python -m api --preset PRESET --port <free> *flags``; kill it at the end if still alive."""
+def running(log_dir: Path, *flags: str, preset: str = PRESET, api_keys: str = "") -> Iterator[Server]:
+    """Start ``python -m api --preset PRESET --port <free> *flags`` (one thread; its output in a file
+    of ``log_dir``); kill it at the end if still alive."""
     port = free_port()
-    log = tmp_path / f"server-{port}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": "", "PYTHONUNBUFFERED": "1"}
+    log = log_dir / f"server-{port}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "api", "--preset", preset, "--port", str(port), "--log-level", "info", *flags]
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
