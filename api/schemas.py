@@ -49,7 +49,10 @@ class Detection(BaseModel):
     label: int = Field(description="model label, an index into GET /v1/model's classes")
     category: str = Field(description="class name")
     mask: RLEMask | PolygonMask | None = Field(None, description="absent with masks=none or a model without masks")
-    keypoints: list[list[float]] | None = Field(None, description="[[x, y, score], ...] per keypoint")
+    keypoints: list[list[float]] | None = Field(
+        None, description="[[x, y, score], ...] per keypoint; absent for classes without keypoints (all but "
+        "person in the presets), with keypoints=false or a model without keypoints"
+    )
 
 
 class Timings(BaseModel):

@@ -3,7 +3,8 @@
     python -m detector.predict --model maskrcnn_r50_fpn --weights W.pth --out out.json a.jpg b.png
 
 Writes a JSON list, one object per image: {"file", "width", "height", "detections": [{"bbox": [x1, y1,
-x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y, score], ...]}]}.
+x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y, score], ...]}]};
+"keypoints" only on detections of the model's keypoint classes (persons).
 """
 
 from __future__ import annotations

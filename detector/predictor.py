@@ -89,7 +89,8 @@ class Predictor:
 
     def to_json(self, det: Detections, *, masks: str = "rle", keypoints: bool = True) -> dict:
         """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",
-        "category", "mask"?, "keypoints"?}]}, boxes as [x1, y1, x2, y2] in image pixels."""
+        "category", "mask"?, "keypoints"?}]}, boxes as [x1, y1, x2, y2] in image pixels; "keypoints" only
+        for the detections that have them (the model's keypoint classes)."""
         if masks not in MASK_FORMATS:
             raise ValueError(f"masks must be one of {MASK_FORMATS}, got {masks!r}")
         height, width = det.image_size
@@ -103,9 +104,10 @@ class Predictor:
         elif det.mask_probs is not None and masks == "polygon":
             for item, polygons in zip(items, mask_polygons(det)):
                 item["mask"] = {"size": [height, width], "polygons": polygons}
-        if det.keypoints is not None and keypoints:
-            for item, kps in zip(items, det.keypoints.tolist()):
-                item["keypoints"] = [[round(x, 2), round(y, 2), round(s, 3)] for x, y, s in kps]
+        if det.keypoints is not None and keypoints:  # only detections of the keypoint classes have them
+            for item, kps, has in zip(items, det.keypoints.tolist(), det.has_keypoints.tolist()):
+                if has:
+                    item["keypoints"] = [[round(x, 2), round(y, 2), round(s, 3)] for x, y, s in kps]
         return {"width": width, "height": height, "detections": items}
 
 

@@ -44,7 +44,10 @@ class Detections:
     boxes (Tensor[K, 4]) in (x1, y1, x2, y2); scores (Tensor[K]); labels (Tensor[K], int64).
     mask_probs (Tensor[K, M, M]): per-object mask probabilities in the object's box
         (not yet pasted into the image: see ``masks()`` and ``rle_masks()``), optional.
-    keypoints (Tensor[K, P, 3]) as (x, y, score), score the heatmap logit, optional.
+    keypoints (Tensor[K, P, 3]) as (x, y, score), score the heatmap logit, optional (a model with a
+        keypoint head); rows of detections without keypoints are zeros.
+    has_keypoints (Tensor[K], bool): which detections have keypoints (those of the model's keypoint
+        classes, e.g. persons); with ``keypoints``, and all True when only ``keypoints`` is given.
     image_size: (H, W) of the image the detections are in.
     """
 
@@ -54,6 +57,11 @@ class Detections:
     image_size: tuple[int, int] = field(default=(0, 0))
     mask_probs: Tensor | None = None
     keypoints: Tensor | None = None
+    has_keypoints: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.keypoints is not None and self.has_keypoints is None:
+            self.has_keypoints = torch.ones(self.keypoints.shape[0], dtype=torch.bool, device=self.keypoints.device)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]

@@ -37,7 +37,9 @@ _IMAGE_BODY = {
 _ERRORS = errors(400, 401, 413, 415, 422, 500, 503, 504)
 
 
-@router.post("/detect", response_model=DetectionResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY)
+# exclude_none: a detection without a mask or keypoints (masks=none, a class without keypoints) has no such field.
+@router.post("/detect", response_model=DetectionResponse, response_model_exclude_none=True, responses=_ERRORS,
+             openapi_extra=_IMAGE_BODY)
 async def detect(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> DetectionResponse:
     """Detect objects in one image."""
     _, result, timings = await _detect(request, service, options)

@@ -110,6 +110,10 @@ class CocoDataset(Dataset):
         self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
         self.class_names = ["__background__"] + [self.coco.cats[cid]["name"] for cid in category_ids]
         self.num_keypoints = max((len(self.coco.cats[c].get("keypoints", ())) for c in category_ids), default=0)
+        # The categories that name keypoints (COCO: person); the others' objects have none.
+        self.keypoint_class_names = tuple(
+            self.coco.cats[c]["name"] for c in category_ids if self.coco.cats[c].get("keypoints")
+        )
 
         self.stats = DatasetStats()
         self._records = self._index()

@@ -39,7 +39,8 @@ def detections_to_coco(
     label_to_category_id: {model label: dataset category id}; a detection whose label it lacks is skipped.
     rles: the detections' masks as COCO RLE dicts, one per detection; when None and ``det`` has
         masks, taken from ``det.rle_masks()``. ``with_masks=False`` leaves segmentations out.
-    with_keypoints: write ``det.keypoints`` (K, P, 3) as flat [x, y, 1] triples when there are any.
+    with_keypoints: write ``det.keypoints`` (K, P, 3) as flat [x, y, 1] triples for the detections
+        that have keypoints (``det.has_keypoints``: the model's keypoint classes).
     """
     if with_masks and rles is None and det.mask_probs is not None:
         rles = det.rle_masks()
@@ -49,6 +50,7 @@ def detections_to_coco(
     scores = det.scores.tolist()
     labels = det.labels.tolist()
     keypoints = det.keypoints.tolist() if with_keypoints and det.keypoints is not None else None  # (K, P, 3)
+    has_keypoints = det.has_keypoints.tolist() if keypoints is not None else None  # (K,)
 
     results = []
     for k, label in enumerate(labels):
@@ -60,7 +62,7 @@ def detections_to_coco(
                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
         if with_masks and rles is not None:
             result["segmentation"] = _json_rle(rles[k])
-        if keypoints is not None:
+        if keypoints is not None and has_keypoints[k]:
             result["keypoints"] = [v for x, y, _ in keypoints[k] for v in (x, y, PREDICTED_VISIBILITY)]
         results.append(result)
     return results

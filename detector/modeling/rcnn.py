@@ -40,11 +40,30 @@ class ModelConfig:
     keypoint: KeypointHeadConfig | None = None
     input: InputConfig = field(default_factory=InputConfig)
     keypoint_names: tuple[str, ...] = ()
+    # The classes whose detections get keypoints (COCO annotates them on persons only); used only with a
+    # keypoint head. () keeps the head (its weights still load) but never runs it.
+    keypoint_classes: tuple[str, ...] = ("person",)
+
+    def __post_init__(self) -> None:
+        if self.keypoint is None:
+            return
+        unknown = [name for name in self.keypoint_classes if name not in self.class_names[1:]]
+        if unknown:
+            raise ValueError(
+                f"keypoint_classes {self.keypoint_classes} name {unknown}, not among the class names "
+                f"{self.class_names[1:]}: set ModelConfig.keypoint_classes to the classes that have keypoints"
+            )
 
     @property
     def num_classes(self) -> int:
         """Including the background."""
         return len(self.class_names)
+
+    @property
+    def keypoint_labels(self) -> tuple[int, ...]:
+        """The labels of ``keypoint_classes`` (every label of a name that ``class_names`` repeats)."""
+        names = set(self.keypoint_classes)
+        return tuple(label for label, name in enumerate(self.class_names) if label > 0 and name in names)
 
 
 class RCNN(nn.Module):
@@ -54,7 +73,8 @@ class RCNN(nn.Module):
         self.backbone = ResNetBackbone(cfg.backbone)
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn)
         self.rpn = RPN(self.fpn.out_channels, cfg.anchors, cfg.rpn)
-        self.roi_heads = RoIHeads(self.fpn.out_channels, cfg.num_classes, box=cfg.box, mask=cfg.mask, keypoint=cfg.keypoint)
+        self.roi_heads = RoIHeads(self.fpn.out_channels, cfg.num_classes, box=cfg.box, mask=cfg.mask,
+                                  keypoint=cfg.keypoint, keypoint_labels=cfg.keypoint_labels)
         self.inference_options = InferenceOptions()  # exact; see optimize_for_inference
         self.inference_only = False  # True once BN is folded or bf16 wrappers are in: forward refuses
 

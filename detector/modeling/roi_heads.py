@@ -1,7 +1,8 @@
 """RoI heads: pool each proposal's features and run the box, mask and keypoint heads.
 
 ``forward`` trains (samples proposals against the ground truth, returns losses); ``predict`` infers.
-Shape shorthand: N images, B RoIs over the batch, G ground-truth objects of an image.
+Shape shorthand: N images, B RoIs over the batch, G ground-truth objects of an image, K_i detections of
+image i (K'_i of them of the keypoint classes), P keypoints, S heatmap size.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ class RoIHeads(nn.Module):
         box: BoxHeadConfig = BoxHeadConfig(),
         mask: MaskHeadConfig | None = None,
         keypoint: KeypointHeadConfig | None = None,
+        keypoint_labels: tuple[int, ...] = (),
     ) -> None:
-        """``num_classes`` counts the background."""
+        """``num_classes`` counts the background. ``keypoint_labels``: the classes the keypoint head
+        serves; it learns from, and predicts for, objects of those classes only."""
         super().__init__()
+        if keypoint is not None and not all(0 < label < num_classes for label in keypoint_labels):
+            raise ValueError(f"keypoint_labels must be foreground labels in 1..{num_classes - 1}, got {keypoint_labels}")
         self.box_cfg = box
         self.box_pooler = MultiLevelRoIPooler(box.pool_size, sampling_ratio=box.sampling_ratio, aligned=box.aligned, kind=box.pooler)
         self.box_head = BoxHead(in_channels, num_classes, box)
@@ -44,6 +49,8 @@ class RoIHeads(nn.Module):
         if mask is not None:
             self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned)
             self.mask_head = MaskHead(in_channels, num_classes, mask)
+        self.keypoint_labels = tuple(keypoint_labels)  # a plain tuple, not a buffer: the state_dict keeps its keys
+        self.num_keypoints = keypoint.num_keypoints if keypoint is not None else 0
         if keypoint is not None:
             self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio, aligned=box.aligned)
             self.keypoint_head = KeypointHead(in_channels, keypoint)
@@ -57,24 +64,40 @@ class RoIHeads(nn.Module):
             for p, t, m in zip(proposals, targets, matched)
         ]
         losses = fastrcnn_loss(class_logits, box_deltas, torch.cat(labels), torch.cat(gt_deltas), self.box_cfg.smooth_l1_beta)
-        # The mask and keypoint heads learn from the foreground proposals only.
+        if self.mask_head is not None:
+            losses["loss_mask"] = self._mask_loss(features, proposals, labels, matched, targets)
+        if self.keypoint_head is not None:
+            losses["loss_keypoint"] = self._keypoint_loss(features, proposals, labels, matched, targets)
+        return losses
+
+    def _mask_loss(self, features: list[Tensor], proposals: list[Tensor], labels: list[Tensor],
+                   matched: list[Tensor], targets: list[Targets]) -> Tensor:
+        """The mask head learns from the foreground proposals."""
         fg = [torch.where(lab > 0)[0] for lab in labels]
         fg_boxes = [p[i] for p, i in zip(proposals, fg)]
         fg_matched = [m[i] for m, i in zip(matched, fg)]
-        if self.mask_head is not None:
-            logits = self.mask_head(self.mask_pooler(features, fg_boxes))  # (B, C+1, M, M)
-            m = logits.shape[-1]
-            gt = [mask_targets(t.masks, b, g, m) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
-            gt = torch.cat(gt) if gt else logits.new_zeros((0, m, m))
-            losses["loss_mask"] = mask_loss(logits, torch.cat([lab[i] for lab, i in zip(labels, fg)]), gt)
-        if self.keypoint_head is not None:
-            heatmaps = self.keypoint_head(self.keypoint_pooler(features, fg_boxes))  # (B, P, S, S)
-            pairs = [keypoint_targets(t.keypoints[g], b, heatmaps.shape[-1]) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
-            if pairs:
-                losses["loss_keypoint"] = keypoint_loss(heatmaps, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
-            else:
-                losses["loss_keypoint"] = heatmaps.sum() * 0
-        return losses
+        logits = self.mask_head(self.mask_pooler(features, fg_boxes))  # (B, C+1, M, M)
+        m = logits.shape[-1]
+        gt = [mask_targets(t.masks, b, g, m) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
+        gt = torch.cat(gt) if gt else logits.new_zeros((0, m, m))
+        return mask_loss(logits, torch.cat([lab[i] for lab, i in zip(labels, fg)]), gt)
+
+    def _keypoint_loss(self, features: list[Tensor], proposals: list[Tensor], labels: list[Tensor],
+                       matched: list[Tensor], targets: list[Targets]) -> Tensor:
+        """The keypoint head learns from the proposals matched to objects of the keypoint classes: the
+        others' keypoints (all v = 0 in COCO) would count for nothing, and are not even pooled."""
+        kp = [torch.where(self.has_keypoints(lab))[0] for lab in labels]
+        kp_boxes = [p[i] for p, i in zip(proposals, kp)]
+        kp_matched = [m[i] for m, i in zip(matched, kp)]
+        heatmaps = self.keypoint_head(self.keypoint_pooler(features, kp_boxes))  # (B, P, S, S)
+        pairs = [keypoint_targets(t.keypoints[g], b, heatmaps.shape[-1]) for t, b, g in zip(targets, kp_boxes, kp_matched) if len(b)]
+        if not pairs:
+            return heatmaps.sum() * 0
+        return keypoint_loss(heatmaps, torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+
+    def has_keypoints(self, labels: Tensor) -> Tensor:
+        """labels (Tensor[K], int64) -> Tensor[K] bool: whether the class has keypoints."""
+        return torch.isin(labels, torch.tensor(self.keypoint_labels, dtype=labels.dtype, device=labels.device))
 
     @torch.no_grad()
     def _sample(self, proposals: list[Tensor], targets: list[Targets]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -107,15 +130,29 @@ class RoIHeads(nn.Module):
             Detections(boxes=b, scores=s, labels=lab, image_size=size)
             for (b, s, lab), size in zip(box_inference(class_logits, box_deltas, proposals, image_sizes, self.box_cfg), image_sizes)
         ]
-        boxes = [d.boxes for d in results]
-        counts = [len(b) for b in boxes]
         if self.mask_head is not None:
-            probs = mask_inference(self.mask_head(self.mask_pooler(features, boxes)), torch.cat([d.labels for d in results]))
-            for d, p in zip(results, probs.split(counts)):
-                d.mask_probs = p
+            self._predict_masks(features, results)
         if self.keypoint_head is not None:
-            heatmaps = self.keypoint_head(self.keypoint_pooler(features, boxes))
-            keypoints = heatmaps_to_keypoints(heatmaps, torch.cat(boxes))
-            for d, k in zip(results, keypoints.split(counts)):
-                d.keypoints = k
+            self._predict_keypoints(features, results)
         return results
+
+    def _predict_masks(self, features: list[Tensor], results: list[Detections]) -> None:
+        boxes = [d.boxes for d in results]
+        probs = mask_inference(self.mask_head(self.mask_pooler(features, boxes)), torch.cat([d.labels for d in results]))
+        for d, p in zip(results, probs.split([len(b) for b in boxes])):
+            d.mask_probs = p
+
+    def _predict_keypoints(self, features: list[Tensor], results: list[Detections]) -> None:
+        """Keypoints of the detections of the keypoint classes; the head runs on those boxes only, and
+        the other detections' rows are zeros."""
+        selected = [self.has_keypoints(d.labels) for d in results]  # [(K_i,) bool]
+        boxes = [d.boxes[s] for d, s in zip(results, selected)]  # [(K'_i, 4)]
+        if any(len(b) for b in boxes):
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, boxes))  # (sum K'_i, P, S, S)
+            keypoints = heatmaps_to_keypoints(heatmaps, torch.cat(boxes))  # (sum K'_i, P, 3)
+        else:
+            keypoints = features[0].new_zeros((0, self.num_keypoints, 3))
+        for d, s, k in zip(results, selected, keypoints.split([len(b) for b in boxes])):
+            d.keypoints = d.boxes.new_zeros((len(d), self.num_keypoints, 3))  # (K_i, P, 3)
+            d.keypoints[s] = k.to(d.keypoints.dtype)
+            d.has_keypoints = s

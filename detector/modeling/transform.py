@@ -6,7 +6,7 @@ Shape shorthand: N images; Hp x Wp the padded batch size, a multiple of ``size_d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -73,11 +73,4 @@ def rescale_detections(det: Detections, original_size: tuple[int, int]) -> Detec
         keypoints = keypoints.clone()
         keypoints[..., 0] *= ratio_w.to(keypoints)
         keypoints[..., 1] *= ratio_h.to(keypoints)
-    return Detections(
-        boxes=det.boxes * scale,
-        scores=det.scores,
-        labels=det.labels,
-        image_size=tuple(original_size),
-        mask_probs=det.mask_probs,
-        keypoints=keypoints,
-    )
+    return replace(det, boxes=det.boxes * scale, image_size=tuple(original_size), keypoints=keypoints)

@@ -248,9 +248,13 @@ def _training_set(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
     except ValueError as e:
         logger.warning("%s (%s): training %d classes of %s instead", e, cfg.train_ann, len(coco.class_names) - 1,
                        cfg.train_ann)
-        model_cfg, label_map = replace(model_cfg, class_names=tuple(coco.class_names)), None
+        model_cfg = replace(model_cfg, class_names=tuple(coco.class_names), keypoint_classes=coco.keypoint_class_names)
+        label_map = None
     if model_cfg.keypoint is not None and not coco.has_keypoints:
         logger.warning("%s has no keypoints: the keypoint head learns nothing", cfg.train_ann)
+    elif model_cfg.keypoint is not None and set(coco.keypoint_class_names) - set(model_cfg.keypoint_classes):
+        logger.warning("%s has keypoints for %s, the model learns them for %s only", cfg.train_ann,
+                       list(coco.keypoint_class_names), list(model_cfg.keypoint_classes))
     inp = model_cfg.input
     train_set = TrainingSet(coco, model_cfg, min_sizes=cfg.min_sizes or (inp.min_size,),
                             max_size=cfg.max_size or inp.max_size, seed=cfg.seed, label_map=label_map)

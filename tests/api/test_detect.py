@@ -13,6 +13,7 @@ from PIL import Image
 from api.decode import decode_image
 from api.routes.detect import select
 from api.schemas import DetectOptions
+from detector.predictor import WEIGHTS_DIR
 from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
 from tests.api.serving import as_file, serving
 
@@ -32,7 +33,10 @@ def _check_result(body: dict, width: int, height: int) -> None:
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
         assert det["category"] in ("circle", "square", "triangle", "person") and det["label"] >= 1
         assert det["mask"]["size"] == [height, width] and isinstance(det["mask"]["counts"], str)
-        assert len(det["keypoints"]) == 17 and all(len(k) == 3 for k in det["keypoints"])
+        if det["category"] == "person":  # the model's only keypoint class
+            assert len(det["keypoints"]) == 17 and all(len(k) == 3 for k in det["keypoints"])
+        else:
+            assert "keypoints" not in det
 
 
 def test_multipart_upload(client):
@@ -56,7 +60,16 @@ def test_options_filter_and_shape_the_answer(client):
     detections = response.json()["detections"]
     assert 0 < len(detections) <= 3
     assert {d["category"] for d in detections} == {category}
-    assert all(d.get("mask") is None and d.get("keypoints") is None for d in detections)
+    assert all("mask" not in d and "keypoints" not in d for d in detections)
+
+
+def test_keypoints_only_for_persons(client):
+    # The built-in model's sample image: a circle, a triangle and persons above 0.5.
+    sample = (WEIGHTS_DIR / "sample.png").read_bytes()
+    response = client.post("/detect", files=as_file(sample, "sample.png", "image/png"))
+    assert response.status_code == 200, response.text
+    found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}
+    assert found == {("circle", False), ("triangle", False), ("person", True)}
 
 
 def test_score_threshold_drops_low_scores(client):
@@ -234,7 +247,9 @@ def _assert_same_detections(served: list[dict], alone: list[dict]) -> None:
     for got, want in zip(served, alone):
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
         assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-4)
-        assert np.asarray(got["keypoints"]) == pytest.approx(np.asarray(want["keypoints"]), abs=1e-4)
+        assert ("keypoints" in got) == ("keypoints" in want)
+        if "keypoints" in want:
+            assert np.asarray(got["keypoints"]) == pytest.approx(np.asarray(want["keypoints"]), abs=1e-4)
         assert got["mask"] == want["mask"]
 
 

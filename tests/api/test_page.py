@@ -203,16 +203,18 @@ def test_masks_and_keypoints_toggle(page, image_path):
     response = page.detect_with_key(image_path, KEY)
     page.set_threshold(0)
     total = len(response["detections"])
-    assert page.drawn()["masks"] == total and page.drawn()["keypoints"] == total
+    persons = [det for det in response["detections"] if "keypoints" in det]  # the only keypoint class
+    assert 0 < len(persons) < total and all(det["category"] == "person" for det in persons)
+    assert page.drawn()["masks"] == total and page.drawn()["keypoints"] == len(persons)
     everything = page.canvas_pixels()
 
     page.toggle("masks")
-    assert page.drawn()["masks"] == 0 and page.drawn()["keypoints"] == total
+    assert page.drawn()["masks"] == 0 and page.drawn()["keypoints"] == len(persons)
     no_masks = page.canvas_pixels()
     assert (no_masks != everything).any()  # the masks were drawn (where: see the next test)
     page.toggle("keypoints")
     assert page.drawn()["keypoints"] == 0 and page.drawn()["drawn"] == total
-    if any(score > 0 for det in response["detections"] for *_, score in det["keypoints"]):
+    if any(score > 0 for det in persons for *_, score in det["keypoints"]):
         assert (page.canvas_pixels() != no_masks).any()
     page.toggle("masks")
     page.toggle("keypoints")

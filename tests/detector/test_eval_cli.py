@@ -209,7 +209,10 @@ def test_real_model_over_generated_images(tmp_path, capsys):
     for iou_type in ("bbox", "segm", "keypoints"):
         assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
     results = json.loads(results_path.read_text())
-    assert results and {"image_id", "category_id", "bbox", "score", "segmentation", "keypoints"} <= set(results[0])
+    assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
+    persons = {c["id"] for c in json.loads(paths.val_annotations.read_text())["categories"] if "keypoints" in c}
+    assert any(r["category_id"] in persons for r in results)
+    assert all(("keypoints" in r) == (r["category_id"] in persons) for r in results)  # keypoints for persons only
     assert metrics["timing"]["inference_s"] > 0
 
 

@@ -6,6 +6,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from detector.predict import main
+from detector.predictor import WEIGHTS_DIR
 
 
 @pytest.fixture
@@ -27,7 +28,19 @@ def test_writes_one_object_per_image_in_the_schema(tmp_path, image_file):
         assert 0 <= x1 <= x2 <= 140 and 0 <= y1 <= y2 <= 90
         assert 0 <= d["score"] <= 1 and d["category"] in ("circle", "square", "triangle", "person")
         assert mask_util.decode({"size": d["mask"]["size"], "counts": d["mask"]["counts"].encode()}).shape == (90, 140)
-        assert len(d["keypoints"]) == 17 and all(len(k) == 3 for k in d["keypoints"])
+        if d["category"] == "person":
+            assert len(d["keypoints"]) == 17 and all(len(k) == 3 for k in d["keypoints"])
+        else:
+            assert "keypoints" not in d
+
+
+def test_keypoints_only_for_persons(tmp_path):
+    # The built-in model's sample image: a circle, a triangle and persons above 0.5.
+    out = tmp_path / "out.json"
+    assert main(["--model", "small_r18_fpn", "--out", str(out), str(WEIGHTS_DIR / "sample.png")]) == 0
+    (result,) = json.loads(out.read_text())
+    found = {(d["category"], "keypoints" in d) for d in result["detections"]}
+    assert found == {("circle", False), ("triangle", False), ("person", True)}
 
 
 def test_unreadable_images_are_named(tmp_path, image_file, capsys):

@@ -37,7 +37,7 @@ def test_missing_corrupt_and_mismatched_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="junk.safetensors"):
         load_weights(model, junk)
-    other = RCNN(replace(small_r18_fpn(), class_names=("__background__", "a", "b")))
+    other = RCNN(replace(small_r18_fpn(), class_names=("__background__", "a", "b"), keypoint_classes=("a",)))
     path = tmp_path / "other.safetensors"
     save_weights(other, path)
     with pytest.raises(ValueError, match="mis-shaped keys: .*cls_score"):

@@ -52,7 +52,7 @@ def test_tiny_coco_instances_load(instances: CocoDataset) -> None:
     for cid, label in instances.category_id_to_label.items():
         assert instances.label_to_category_id[label] == cid
         assert instances.class_names[label] == instances.coco.cats[cid]["name"]
-    assert not instances.has_keypoints
+    assert not instances.has_keypoints and instances.keypoint_class_names == ()
 
     for index in range(len(instances)):
         image, targets, info = instances[index]
@@ -96,6 +96,7 @@ def test_tiny_coco_masks_match_ann_to_mask(instances: CocoDataset) -> None:
 def test_tiny_coco_keypoints(persons: CocoDataset) -> None:
     assert persons.class_names == ["__background__", "person"]
     assert persons.has_keypoints and persons.num_keypoints == len(COCO_KEYPOINT_NAMES)
+    assert persons.keypoint_class_names == ("person",)
     assert persons.stats.crowd_skipped > 0
     for index in range(3):
         _, targets, _ = persons[index]

@@ -149,9 +149,11 @@ class GroundTruthPredictor:
             keypoints[k, :, :2] = torch.where(points[:, 2:] > 0, points[:, :2], centre)
             keypoints[k, :, 2] = 5.0  # a heatmap logit
         image = self.coco.imgs[image_id]
+        has_keypoints = torch.tensor(["keypoints" in self.coco.cats[a["category_id"]] for a in anns], dtype=torch.bool)
         return Detections(boxes=boxes, scores=torch.ones(len(anns)),
                           labels=torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
-                          image_size=(image["height"], image["width"]), keypoints=keypoints)
+                          image_size=(image["height"], image["width"]), keypoints=keypoints,
+                          has_keypoints=has_keypoints)  # as a model gives them: for persons only
 
 
 def write_images(coco: COCO, images_dir: Path) -> None:

@@ -1,5 +1,6 @@
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,6 +74,33 @@ def test_keypoints_become_flat_triples_with_visibility_1():
     assert keypoints[1::3] == det.keypoints[1, :, 1].tolist()
     assert keypoints[2::3] == [1] * 17
     assert "keypoints" not in detections_to_coco(det, 7, {1: 18}, with_keypoints=False)[0]
+
+
+def test_only_detections_with_keypoints_get_them():
+    det = replace(_detections(with_keypoints=True), has_keypoints=torch.tensor([False, True]))
+    results = detections_to_coco(det, 7, {1: 18, 2: 1})
+    assert "keypoints" not in results[0]
+    assert results[1]["keypoints"][0::3] == det.keypoints[1, :, 0].tolist()
+
+
+def test_person_keypoints_alone_score_keypoint_ap_1(small_coco):
+    """Detections of persons and dogs, keypoints for the persons only (as a model gives them): each
+    ground-truth person's keypoints as predictions give keypoint AP 1, and no dog result has keypoints."""
+    results = []
+    label_of = {1: 1, 18: 2}
+    for image_id in small_coco.getImgIds():
+        anns = [a for a in small_coco.imgToAnns[image_id] if not a["iscrowd"] and a.get("num_keypoints", 1) > 0]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
+        keypoints = torch.tensor([a.get("keypoints", [0] * 51) for a in anns], dtype=torch.float32).reshape(-1, 17, 3)
+        labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        image = small_coco.imgs[image_id]
+        det = Detections(boxes=boxes, scores=torch.ones(len(anns)), labels=labels,
+                         image_size=(image["height"], image["width"]), keypoints=keypoints, has_keypoints=labels == 1)
+        results += detections_to_coco(det, image_id, {1: 1, 2: 18})
+    assert {r["category_id"] for r in results} == {1, 18}
+    assert all(("keypoints" in r) == (r["category_id"] == 1) for r in results)
+    assert evaluate_coco(small_coco, results, "keypoints").stats["AP"] == pytest.approx(1.0)
+    assert evaluate_coco(small_coco, results, "bbox").stats["AP"] < 1.0  # the persons without keypoints were left out
 
 
 def test_ground_truth_through_detections_scores_ap_1(small_coco):

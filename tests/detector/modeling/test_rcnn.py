@@ -1,9 +1,16 @@
 from dataclasses import replace
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
+from safetensors import safe_open
 
+from detector.modeling.keypoint_head import KeypointHeadConfig
 from detector.modeling.presets import PRESETS, get_preset, small_r18_fpn
-from detector.modeling.rcnn import RCNN
+from detector.modeling.rcnn import RCNN, ModelConfig
+from detector.predictor import WEIGHTS_DIR
+from detector.weights import load_weights
 from detector.modeling.transform import InputConfig
 
 
@@ -19,6 +26,7 @@ def _assert_equal(a, b) -> None:
     torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=0)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
     assert torch.equal(a.labels, b.labels)
+    assert torch.equal(a.has_keypoints, b.has_keypoints)
     torch.testing.assert_close(a.keypoints, b.keypoints, atol=1e-3, rtol=0)
     assert torch.equal(a.masks(), b.masks())
 
@@ -57,6 +65,45 @@ def test_detections_are_in_the_input_images_pixels():
     assert det.mask_probs.shape == (len(det), 28, 28)
     assert det.keypoints.shape == (len(det), 17, 3)
     assert det.masks().shape == (len(det), 90, 300)
+
+
+def test_only_persons_get_keypoints_and_in_image_pixels():
+    # The built-in model on its sample image finds circles, triangles and persons; a random one, persons only.
+    model = RCNN(small_r18_fpn()).eval()
+    load_weights(model, WEIGHTS_DIR / "small_r18_fpn.safetensors")
+    assert model.cfg.keypoint_classes == ("person",) and model.cfg.keypoint_labels == (4,)
+    image = torch.from_numpy(np.array(Image.open(WEIGHTS_DIR / "sample.png").convert("RGB"))).permute(2, 0, 1)
+    (det,) = model.predict([image])
+    person = det.labels == 4
+    assert person.any() and (~person).any()
+    assert torch.equal(det.has_keypoints, person)
+    assert det.keypoints[~person].eq(0).all()
+    xy = det.keypoints[person][..., :2]  # (K', 17, 2) inside their boxes, in the input's pixels
+    boxes = det.boxes[person][:, None]  # (K', 1, 4)
+    assert (xy >= boxes[..., :2] - 1).all() and (xy <= boxes[..., 2:] + 1).all()
+    picked = det[torch.tensor([1, 0])]  # indexing keeps keypoints and has_keypoints together
+    assert torch.equal(picked.has_keypoints, det.has_keypoints[[1, 0]])
+
+
+def test_keypoint_classes_must_be_classes_of_the_model():
+    classes = ("__background__", "cat", "dog")
+    with pytest.raises(ValueError, match=r"keypoint_classes .*'person'.*class names"):
+        ModelConfig(class_names=classes, keypoint=KeypointHeadConfig())
+    with pytest.raises(ValueError, match="__background__"):
+        ModelConfig(class_names=classes, keypoint=KeypointHeadConfig(), keypoint_classes=("__background__",))
+    assert ModelConfig(class_names=classes).keypoint is None  # no keypoint head: nothing to check
+    dogs = ModelConfig(class_names=classes, keypoint=KeypointHeadConfig(), keypoint_classes=("dog",))
+    assert dogs.keypoint_labels == (2,)
+    coco = get_preset("maskkeypointrcnn_r50_fpn")
+    assert coco.keypoint_labels == (1,)  # person, of the 91 COCO slots
+
+
+def test_keypoint_classes_leave_the_state_dict_keys_as_they_are():
+    # The built-in weights (weights/small_r18_fpn.safetensors) were saved before keypoint_classes.
+    keys = set(RCNN(small_r18_fpn()).state_dict())
+    assert keys == set(RCNN(replace(small_r18_fpn(), keypoint_classes=("square", "person"))).state_dict())
+    with safe_open(str(WEIGHTS_DIR / "small_r18_fpn.safetensors"), "pt") as f:
+        assert set(f.keys()) == keys
 
 
 def test_every_preset_builds():

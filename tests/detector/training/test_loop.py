@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from safetensors import safe_open
 from detector.modeling.rcnn import build_model
 from detector.training import train
 from detector.training.checkpoint import load_checkpoint
+from detector.training.loop import _training_set
 from detector.weights import load_weights
 
 from .conftest import quick_model_cfg, quick_train_cfg
@@ -77,3 +79,13 @@ def test_resuming_repeats_the_uninterrupted_run_exactly(tiny_synthetic, tmp_path
 def test_resume_without_a_checkpoint_names_the_file(tiny_synthetic, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"last\.pth: no checkpoint"):
         train(quick_model_cfg(), quick_train_cfg(tiny_synthetic, tmp_path / "empty", resume=True))
+
+
+def test_a_data_set_with_other_classes_brings_its_keypoint_classes(tiny_synthetic, tmp_path: Path) -> None:
+    # A model whose classes do not name the data set's trains the data set's classes instead, and the
+    # keypoint classes with them: the categories that name keypoints (the synthetic person).
+    model_cfg = replace(quick_model_cfg(), class_names=("__background__", "dog"), keypoint_classes=("dog",))
+    cfg = quick_train_cfg(tiny_synthetic, tmp_path / "run")
+    trained_cfg, _ = _training_set(model_cfg, cfg)
+    assert trained_cfg.class_names == ("__background__", "circle", "square", "triangle", "person")
+    assert trained_cfg.keypoint_classes == ("person",) and trained_cfg.keypoint_labels == (4,)

@@ -1,0 +1,117 @@
+"""RoIHeads: the keypoint head serves the keypoint classes only, at inference and in training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detector.modeling.box_head import BoxHeadConfig
+from detector.modeling.keypoint_head import KeypointHeadConfig
+from detector.modeling.roi_heads import RoIHeads
+from detector.structures import Targets
+
+CHANNELS, NUM_CLASSES, PERSON, CIRCLE = 8, 5, 4, 1  # labels as in the synthetic classes
+SIZE = (64, 64)  # one image, (H, W)
+
+
+def _heads(keypoint_labels: tuple[int, ...]) -> RoIHeads:
+    torch.manual_seed(0)
+    return RoIHeads(CHANNELS, NUM_CLASSES, box=BoxHeadConfig(fc_dim=32, batch_size_per_image=64, aligned=True),
+                    keypoint=KeypointHeadConfig(num_convs=1, conv_dim=8), keypoint_labels=keypoint_labels)
+
+
+def _features() -> list[torch.Tensor]:
+    """P2..P5 of one 64x64 image: [(1, C, 64 / s, 64 / s) for s in 4, 8, 16, 32]."""
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, CHANNELS, 64 // s, 64 // s, generator=g) for s in (4, 8, 16, 32)]
+
+
+def _proposals(n: int = 40) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    xy = torch.rand(n, 2, generator=g) * 40
+    wh = 8 + torch.rand(n, 2, generator=g) * 16
+    return [torch.cat([xy, xy + wh], dim=1)]  # (n, 4) inside the image
+
+
+class _RowCounter:
+    """Counts the rows (RoIs) that a module receives."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.rows = 0
+        module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output) -> None:
+        self.rows += inputs[0].shape[0]
+
+
+def test_only_detections_of_keypoint_classes_get_keypoints_and_the_head_sees_only_their_boxes():
+    heads = _heads((PERSON,)).eval()
+    counter = _RowCounter(heads.keypoint_head)
+    (det,) = heads.predict(_features(), _proposals(), [SIZE])
+    person = det.labels == PERSON  # (K,)
+    assert person.any() and (~person).any(), "a random model finds several classes"
+    assert torch.equal(det.has_keypoints, person)
+    assert counter.rows == int(person.sum())
+    assert det.keypoints.shape == (len(det), 17, 3)
+    assert det.keypoints[~person].eq(0).all()
+    # The person rows are those the head gives when it serves every class (it sees each RoI alone).
+    every = _heads((1, 2, 3, PERSON)).eval()
+    every.load_state_dict(heads.state_dict())
+    (all_det,) = every.predict(_features(), _proposals(), [SIZE])
+    assert torch.equal(all_det.labels, det.labels) and all_det.has_keypoints.all()
+    torch.testing.assert_close(det.keypoints[person], all_det.keypoints[person], atol=1e-4, rtol=0)
+
+
+def test_no_detection_of_a_keypoint_class_runs_no_keypoint_head():
+    heads = _heads((PERSON,)).eval()
+    counter = _RowCounter(heads.keypoint_head)
+    heads.box_head.cls_score.bias.data[PERSON] = -100.0  # nobody scores as a person
+    (det,) = heads.predict(_features(), _proposals(), [SIZE])
+    assert len(det) > 0 and not det.has_keypoints.any()
+    assert counter.rows == 0 and det.keypoints.shape == (len(det), 17, 3)
+
+
+def _targets(circle_keypoints_visible: bool) -> list[Targets]:
+    """A person and a circle far apart, each with 17 keypoints in its box; the circle's count (v = 2)
+    only when ``circle_keypoints_visible``, as if the data set annotated them."""
+    boxes = torch.tensor([[4.0, 4.0, 28.0, 40.0], [36.0, 36.0, 60.0, 60.0]])
+    g = torch.Generator().manual_seed(3)
+    xy = boxes[:, None, :2] + torch.rand(2, 17, 2, generator=g) * 20  # (2, 17, 2) inside each box
+    v = torch.tensor([2.0, 2.0 if circle_keypoints_visible else 0.0])[:, None, None].expand(2, 17, 1)
+    return [Targets(boxes=boxes, labels=torch.tensor([PERSON, CIRCLE]), keypoints=torch.cat([xy, v], dim=-1))]
+
+
+def _losses(heads: RoIHeads, targets: list[Targets]) -> dict[str, torch.Tensor]:
+    torch.manual_seed(4)  # the same proposals sampled each time
+    return heads(_features(), _proposals(), targets)
+
+
+def test_keypoint_loss_learns_from_proposals_of_keypoint_classes_only():
+    heads = _heads((PERSON,)).train()
+    counter = _RowCounter(heads.keypoint_head)
+    proposals, labels, _ = heads._sample(_proposals(), _targets(True))
+    persons = int((labels[0] == PERSON).sum())
+    assert persons > 0 and int((labels[0] == CIRCLE).sum()) > 0
+    visible = _losses(heads, _targets(True))["loss_keypoint"]
+    assert counter.rows == persons
+    # The circle's keypoints, visible or not, change nothing: only the person's proposals count.
+    assert torch.equal(visible, _losses(heads, _targets(False))["loss_keypoint"])
+    assert visible > 0
+    # Serving the circle too, its visible keypoints would count.
+    both = _heads((CIRCLE, PERSON)).train()
+    both.load_state_dict(heads.state_dict())
+    assert not torch.equal(_losses(both, _targets(True))["loss_keypoint"], visible)
+
+
+def test_no_object_of_a_keypoint_class_gives_zero_keypoint_loss_with_gradient():
+    heads = _heads((PERSON,)).train()
+    (t,) = _targets(True)
+    circle_only = [Targets(boxes=t.boxes[1:], labels=t.labels[1:], keypoints=t.keypoints[1:])]
+    loss = _losses(heads, circle_only)["loss_keypoint"]
+    assert loss.item() == 0.0 and loss.requires_grad  # every parameter still takes part (DDP)
+
+
+def test_keypoint_labels_must_be_foreground_labels():
+    for labels in [(0,), (NUM_CLASSES,)]:
+        with pytest.raises(ValueError, match="keypoint_labels"):
+            _heads(labels)
