@@ -74,6 +74,7 @@ class ModelInfoResponse(BaseModel):
     classes: list[str] = Field(description="index == label; classes[0] is the background")
     masks: bool = Field(description="the model predicts masks")
     keypoints: bool = Field(description="the model predicts keypoints")
+    keypoint_classes: list[str] = Field(description="the classes whose detections carry keypoints (empty without)")
     weights: str | None = Field(description="weights file name, or null for random initialisation")
     weights_sha256: str | None
     device: str

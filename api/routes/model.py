@@ -19,6 +19,7 @@ async def model_info(service: ReadyServiceDep) -> ModelInfoResponse:
         classes=list(predictor.class_names),
         masks=predictor.has_masks,
         keypoints=predictor.has_keypoints,
+        keypoint_classes=list(predictor.model.cfg.keypoint_classes) if predictor.has_keypoints else [],
         weights=predictor.weights_path.name if predictor.weights_path is not None else None,
         weights_sha256=service.weights_sha256,
         device=str(predictor.device),

@@ -19,6 +19,7 @@ def test_model_info(client, predictor):
     assert info["preset"] == PRESET
     assert info["classes"] == predictor.class_names and info["classes"][0] == "__background__"
     assert (info["masks"], info["keypoints"], info["device"]) == (True, True, "cpu")
+    assert info["keypoint_classes"] == ["person"]
     # The preset's built-in weights (weights/small_r18_fpn.safetensors) when the repository ships them.
     if predictor.weights_path is None:
         assert info["weights"] is None and info["weights_sha256"] is None
