@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from detector.modeling.fuse import bf16_is_fast
-from detector.modeling.speeds import SPEEDS
 from detector.modeling.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
+from detector.modeling.speeds import SPEEDS
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.catalogue import verify_if_catalogued
@@ -31,7 +31,7 @@ MASK_FORMATS = ("rle", "polygon", "none")
 class Predictor:
     """``speed`` (``detector.modeling.speeds.SPEEDS``): "exact" runs the model as it is (torchvision's
     detections bit for bit); "fast" (default) folds FrozenBN into the convs, runs the trunk channels-last
-    and 3x3 convs with NNPACK: the same maths, rounded otherwise, so the same detections up to float
+    and wide 3x3 convs over large maps with NNPACK: the same maths, rounded otherwise, so the same detections up to float
     rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
     run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training), and
     its weights are held twice."""
@@ -76,7 +76,8 @@ class Predictor:
         return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """One forward pass over ``images`` (HWC uint8 RGB). Detections come back on the CPU."""
+        """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them
+        (``RCNN.predict``), so each image gets what it gets alone."""
         tensors = []
         for i, image in enumerate(images):
             if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
