@@ -24,7 +24,15 @@ from detector.modeling.keypoint_head import KeypointHeadConfig
 from detector.modeling.mask_head import MaskHeadConfig
 from detector.modeling.roi_heads import RoIHeads
 from detector.modeling.rpn import RPN, RPNConfig
-from detector.modeling.transform import InputConfig, batch_images, normalize, padded_size, rescale_detections, resize, to_float
+from detector.modeling.transform import (
+    InputConfig,
+    batch_images,
+    normalize,
+    padded_size,
+    rescale_detections,
+    resize,
+    to_float,
+)
 from detector.structures import Detections, Targets
 
 
