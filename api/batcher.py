@@ -14,6 +14,8 @@ Triton's and TorchServe's batchers always do, so a first burst of requests share
 Failure handling, per request:
 - the queue is bounded: a full queue refuses at once (``QueueFull``, with a retry hint);
 - an item still waiting when its ``timeout_s`` has passed is dropped, not run (``DeadlineExceeded``);
+- an item whose forward pass has run ``forward_timeout_s`` is answered ``ForwardTimeout`` (the pass,
+  which a thread cannot be made to abandon, goes on; ``stalled`` says so, for the readiness probe);
 - if ``fn`` raises on a batch of several, each item is run alone, so only the item that breaks it
   fails (``BatchFailed``) and the others still get their results; the worker keeps serving.
 """
@@ -49,6 +51,10 @@ class DeadlineExceeded(BatcherError):
     pass
 
 
+class ForwardTimeout(DeadlineExceeded):
+    pass
+
+
 class BatchFailed(BatcherError):
     pass
 
@@ -79,6 +85,7 @@ class _Pending:
     enqueued_at: float
     deadline: float
     started: bool = False
+    started_at: float = math.inf  # when its (latest) forward pass began
 
 
 @dataclass
@@ -97,30 +104,43 @@ class Batcher(Generic[T, R]):
         max_wait_ms: float = 10.0,
         queue_size: int = 64,
         timeout_s: float = math.inf,
+        forward_timeout_s: float = math.inf,
         observer: BatchObserver | None = None,
     ) -> None:
-        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or timeout_s <= 0:
+        if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or timeout_s <= 0 or forward_timeout_s <= 0:
             raise ValueError(
-                "need max_batch_size >= 1, queue_size >= 1, max_wait_ms >= 0, timeout_s > 0; got "
-                f"{max_batch_size}, {queue_size}, {max_wait_ms}, {timeout_s}"
+                "need max_batch_size >= 1, queue_size >= 1, max_wait_ms >= 0, timeout_s > 0, forward_timeout_s > 0; "
+                f"got {max_batch_size}, {queue_size}, {max_wait_ms}, {timeout_s}, {forward_timeout_s}"
             )
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.queue_size = queue_size
         self.timeout_s = timeout_s
+        self.forward_timeout_s = forward_timeout_s
         self.observer = observer
         self._queue: asyncio.Queue[_Pending | _Stop] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._closed = False
         self._mean_run_s = 0.1  # running mean of a batch's forward, for the Retry-After hint
         self._serial = False  # the last pass ran one item with nobody queued at its end: do not wait
+        self._forward_since: float | None = None  # when the forward pass running now began
         # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-forward")
 
     def start(self) -> None:
         """Start the worker; call from the event loop that will ``submit``."""
         self._task = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+
+    @property
+    def forward_age_s(self) -> float:
+        """How long the forward pass running now has run (0 when none runs)."""
+        return 0.0 if self._forward_since is None else time.monotonic() - self._forward_since
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the forward pass running now has run past ``forward_timeout_s``."""
+        return self.forward_age_s > self.forward_timeout_s
 
     @property
     def depth(self) -> int:
@@ -146,17 +166,33 @@ class Batcher(Generic[T, R]):
         except asyncio.QueueFull:
             raise QueueFull(self._retry_after_s()) from None
         try:
-            # shield: a timeout must not cancel the future before we know whether it started.
-            timeout = None if math.isinf(self.timeout_s) else self.timeout_s
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except asyncio.TimeoutError:
-            if pending.started:  # already in a forward pass: its result is moments away
-                return await pending.future
-            pending.future.cancel()  # the worker skips cancelled items
-            raise DeadlineExceeded(f"waited {self.timeout_s:g} s in the queue without reaching the model") from None
+            return await self._outcome(pending)
         except asyncio.CancelledError:  # the client went away: do not run its item
             pending.future.cancel()
             raise
+
+    async def _outcome(self, pending: _Pending) -> BatchOutcome[R]:
+        """``pending``'s result: while it waits, until its queue deadline; once its forward pass has begun,
+        until ``forward_timeout_s`` after that (noticed within another ``forward_timeout_s``: a waiting
+        item looks at least that often whether it has begun)."""
+        while True:
+            now = time.monotonic()
+            if pending.started:
+                limit = pending.started_at + self.forward_timeout_s
+            else:
+                limit = min(pending.deadline, now + self.forward_timeout_s)
+            remaining = None if math.isinf(limit) else max(limit - now, 0.0)
+            try:
+                # shield: a timeout must not cancel the future before we know whether it started.
+                return await asyncio.wait_for(asyncio.shield(pending.future), remaining)
+            except asyncio.TimeoutError:
+                now = time.monotonic()
+                if pending.started and now >= pending.started_at + self.forward_timeout_s:
+                    pending.future.cancel()  # its pass may still end: its result is dropped
+                    raise ForwardTimeout(f"inference ran {self.forward_timeout_s:g} s without finishing") from None
+                if not pending.started and now >= pending.deadline:
+                    pending.future.cancel()  # the worker skips cancelled items
+                    raise DeadlineExceeded(f"waited {self.timeout_s:g} s in the queue without reaching the model") from None
 
     async def close(self) -> None:
         """Refuse new items, serve every queued one, then stop the worker."""
@@ -224,7 +260,7 @@ class Batcher(Generic[T, R]):
     async def _run(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
         for pending in batch:
-            pending.started = True
+            pending.started, pending.started_at = True, started
             if self.observer is not None:
                 self.observer.observe_queue_wait(started - pending.enqueued_at)
         try:
@@ -248,6 +284,7 @@ class Batcher(Generic[T, R]):
         """After a failed batch: one item at a time, so one bad item fails only itself."""
         for pending in batch:
             started = time.monotonic()
+            pending.started_at = started
             try:
                 (value,) = await self._call([pending.item])
             except Exception:
@@ -261,7 +298,11 @@ class Batcher(Generic[T, R]):
                 pending.future.set_result(BatchOutcome(value, started - pending.enqueued_at, run_s, 1))
 
     async def _call(self, items: list[T]) -> Sequence[R]:
-        values = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, items)
+        self._forward_since = time.monotonic()
+        try:
+            values = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, items)
+        finally:
+            self._forward_since = None
         if len(values) != len(items):
             raise RuntimeError(f"batch function gave {len(values)} results for {len(items)} items")
         return values

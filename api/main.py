@@ -95,6 +95,7 @@ async def _load(service: Service) -> None:
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         timeout_s=settings.request_timeout_s,
+        forward_timeout_s=settings.forward_timeout_s,
         observer=service.metrics,
     )
     batcher.start()

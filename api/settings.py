@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(10.0, ge=0, description="longest a request waits for others to batch with")
     queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it: 503")
     request_timeout_s: float = Field(30.0, gt=0, description="longest a request may wait in the queue")
+    # A forward pass cannot be stopped from outside; past this, its requests get 504 and /readyz 503
+    # (so that an orchestrator restarts the process) until it ends. 300 s: a large model, batch and
+    # image on a small CPU take ~1 min.
+    forward_timeout_s: float = Field(300.0, gt=0, description="longest a forward pass may run before its requests get 504")
 
     # Input limits: 20 MB holds any sensible photo; 40 MP is a 7700 x 5200 image, 120 MB as RGB.
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body (413 beyond)")

@@ -20,11 +20,14 @@ async def healthz(service: ServiceDep) -> HealthResponse:
 
 @router.get("/readyz", response_model=ReadinessResponse, responses=errors(503))
 async def readyz(service: ServiceDep) -> ReadinessResponse:
-    """Ready: the model is loaded and warmed up, and the server is not shutting down."""
+    """Ready: the model is loaded and warmed up, no forward pass is stuck, and the server is not
+    shutting down."""
     if service.load_error is not None:
         raise HTTPException(503, f"the model failed to load: {service.load_error}")
     if service.draining:
         raise HTTPException(503, "shutting down")
     if not service.ready:
         raise HTTPException(503, "the model is still loading")
+    if service.batcher is not None and service.batcher.stalled:
+        raise HTTPException(503, f"a forward pass has run {service.batcher.forward_age_s:.0f} s, past forward_timeout_s")
     return ReadinessResponse()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from api.batcher import Batcher, BatcherClosed, BatchFailed, DeadlineExceeded, QueueFull
+from api.batcher import Batcher, BatcherClosed, BatchFailed, DeadlineExceeded, ForwardTimeout, QueueFull
 
 
 class SlowDouble:
@@ -213,6 +213,49 @@ def test_a_request_past_its_deadline_is_not_run():
     waited = run(main())
     assert waited < 0.25
     assert [2] not in fn.batches
+
+
+def test_a_forward_pass_past_its_timeout_answers_its_requests_and_says_it_is_stalled():
+    fn = SlowDouble(delay_s=0)
+    fn.release.clear()  # the first forward hangs until released
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=10, forward_timeout_s=0.2)
+        assert not batcher.stalled and batcher.forward_age_s == 0.0
+        t0 = time.monotonic()
+        with pytest.raises(ForwardTimeout, match="0.2 s"):
+            await batcher.submit(1)
+        waited = time.monotonic() - t0
+        await asyncio.sleep(0.05)
+        assert batcher.stalled and batcher.forward_age_s > 0.2  # still running: the probe can tell
+        queued = asyncio.create_task(batcher.submit(2))  # waits behind the stuck pass
+        await asyncio.sleep(0.05)
+        fn.release.set()  # the pass ends (its result is dropped); the queue moves again
+        assert (await queued).value == 4
+        assert not batcher.stalled and batcher.forward_age_s == 0.0
+        await batcher.close()
+        return waited
+
+    waited = run(main())
+    assert 0.2 <= waited < 1.0
+    assert fn.batches == [[1], [2]]
+
+
+def test_the_forward_timeout_counts_from_the_pass_start_not_from_the_queue():
+    """The second request waits 0.25 s behind the first, then runs 0.25 s: 0.5 s after it came, but
+    0.25 s after its pass began, within the 0.4 s."""
+    fn = SlowDouble(delay_s=0.25)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=10, forward_timeout_s=0.4)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(batcher.submit(2))
+        values = [(await first).value, (await second).value]  # 0.25 s each: within 0.4 s from their start
+        await batcher.close()
+        return values
+
+    assert run(main()) == [2, 4]
 
 
 def test_a_cancelled_request_is_not_run():

@@ -4,6 +4,8 @@ schema, the options, every class of bad input, and batching, overload, deadlines
 from __future__ import annotations
 
 import io
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -218,6 +220,42 @@ class PoisonedPredictor:
         if any(image.shape[1] == 13 for image in images):
             raise RuntimeError("poisoned image")
         return self._real.predict(images)
+
+
+class HangingPredictor:
+    """The real predictor, except that its first forward blocks until ``release`` is set."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == 2:  # the first call is the warm-up at start
+            self.release.wait(30)
+        return self._real.predict(images)
+
+
+def test_a_stuck_forward_gets_504_and_fails_readiness_until_it_ends(predictor):
+    hanging = HangingPredictor(predictor)
+    # 3 s: far above a real forward of the small model (~0.1 s), which must pass once released.
+    with serving(hanging, max_batch_size=1, max_wait_ms=0, forward_timeout_s=3) as client:
+        try:
+            response = client.post("/detect", files=as_file(jpeg()))
+            assert response.status_code == 504 and "inference ran 3 s" in response.json()["detail"]
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "forward pass" in ready.json()["detail"]
+        finally:
+            hanging.release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.post("/detect", files=as_file(jpeg())).status_code == 200
 
 
 def test_a_failing_request_fails_alone_and_the_server_keeps_serving(predictor):
