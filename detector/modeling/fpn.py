@@ -39,12 +39,29 @@ class FPN(nn.Module):
         outputs = [self.output_convs[-1](top_down)]
         for i in range(len(features) - 2, -1, -1):
             lateral = self.lateral_convs[i](features[i])
-            upsampled = F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
-            # Without autograd, into the lateral's own memory: the same sums, one (N, D, Hi, Wi) fewer.
-            top_down = lateral + upsampled if torch.is_grad_enabled() else lateral.add_(upsampled)
+            top_down = _add_upsampled(lateral, top_down)
             outputs.insert(0, self.output_convs[i](top_down))
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))  # P6
         return outputs
+
+
+def _add_upsampled(lateral: Tensor, top_down: Tensor) -> Tensor:
+    """lateral + top_down upsampled (nearest) to lateral's size. Without autograd, into the lateral's
+    own memory, and at exactly twice the size (a padded batch's levels) by broadcasting each top-down
+    pixel over its 2x2 block rather than materialising the upsampled map: the same sums either way."""
+    if torch.is_grad_enabled():
+        return lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+    n, c, h, w = top_down.shape
+    if lateral.shape[-2:] == (2 * h, 2 * w):
+        if lateral.is_contiguous() and top_down.is_contiguous():
+            lateral.view(n, c, h, 2, w, 2).add_(top_down.view(n, c, h, 1, w, 1))  # (N, D, H, 2, W, 2)
+            return lateral
+        channels_last = torch.channels_last
+        if lateral.is_contiguous(memory_format=channels_last) and top_down.is_contiguous(memory_format=channels_last):
+            nhwc = lateral.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c)  # (N, H, 2, W, 2, D)
+            nhwc.add_(top_down.permute(0, 2, 3, 1).view(n, h, 1, w, 1, c))
+            return lateral
+    return lateral.add_(F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest"))
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, cfg: FPNConfig) -> nn.Module:
