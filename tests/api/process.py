@@ -62,6 +62,14 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"the server did not become ready:\n{self.output()}")
 
+    def wait_readyz_says(self, text: str, timeout_s: float = 60.0) -> httpx.Response:
+        """Until /readyz's answer contains ``text`` (a load failure's reason, say); that answer."""
+        deadline = time.monotonic() + timeout_s
+        while text not in (ready := self.get("/readyz")).text:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.1)
+        return ready
+
     def wait_listening(self, timeout_s: float = 120.0) -> None:
         """Until /healthz answers at all (with any status)."""
         deadline = time.monotonic() + timeout_s

@@ -83,10 +83,7 @@ def test_a_malicious_pickle_given_to_python_m_api_is_refused_and_runs_nothing(tm
     _raw_pickle(weights, marker)
     with running(tmp_path, "--weights", str(weights)) as server:
         server.wait_listening()
-        deadline = time.monotonic() + 60
-        while "failed to load" not in (ready := server.get("/readyz")).text:
-            assert time.monotonic() < deadline, ready.text
-            time.sleep(0.1)
+        ready = server.wait_readyz_says("failed to load")
         exit_code = server.terminate()
     assert ready.status_code == 503 and "evil.pth: refused to load" in ready.json()["detail"]
     assert not marker.exists()
