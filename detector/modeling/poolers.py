@@ -49,8 +49,7 @@ class MultiLevelRoIPooler(nn.Module):
         features = features[: len(self.scales)]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])  # (B, 5)
         channels = features[0].shape[1]
-        # Every RoI has a level (clamped to the range), so every row is written: no zero-fill needed.
-        out = features[0].new_empty((rois.shape[0], channels, *self.output_size))
+        out = features[0].new_zeros((rois.shape[0], channels, *self.output_size))
         if rois.shape[0] == 0:
             return out
         levels = self.level_of(rois[:, 1:])
