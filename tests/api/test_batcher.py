@@ -242,16 +242,16 @@ def test_a_forward_pass_past_its_timeout_answers_its_requests_and_says_it_is_sta
 
 
 def test_the_forward_timeout_counts_from_the_pass_start_not_from_the_queue():
-    """The second request waits 0.25 s behind the first, then runs 0.25 s: 0.5 s after it came, but
-    0.25 s after its pass began, within the 0.4 s."""
-    fn = SlowDouble(delay_s=0.25)
+    """The second request waits 0.4 s behind the first, then runs 0.4 s: 0.8 s after it came, but
+    0.4 s after its pass began, within the 0.7 s."""
+    fn = SlowDouble(delay_s=0.4)
 
     async def main():
-        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=10, forward_timeout_s=0.4)
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=10, forward_timeout_s=0.7)
         first = asyncio.create_task(batcher.submit(1))
         await asyncio.sleep(0.02)
         second = asyncio.create_task(batcher.submit(2))
-        values = [(await first).value, (await second).value]  # 0.25 s each: within 0.4 s from their start
+        values = [(await first).value, (await second).value]  # 0.4 s each: within 0.7 s from their start
         await batcher.close()
         return values
 
