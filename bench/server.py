@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the api and detector packages
@@ -83,14 +84,12 @@ def synthetic_jpeg(height: int, width: int, seed: int = 0) -> bytes:
 def parse_batch_histogram(text: str) -> dict:
     """{"sum", "count", "buckets": {le: cumulative count}} of ``detector_batch_size`` in Prometheus text."""
     hist = {"sum": 0.0, "count": 0.0, "buckets": {}}
-    for line in text.splitlines():
-        if line.startswith("detector_batch_size_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            hist["buckets"][le] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("detector_batch_size_sum "):
-            hist["sum"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("detector_batch_size_count "):
-            hist["count"] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "detector_batch_size_bucket":
+                hist["buckets"][sample.labels["le"]] = sample.value
+            elif sample.name in ("detector_batch_size_sum", "detector_batch_size_count"):
+                hist[sample.name.rsplit("_", 1)[1]] = sample.value
     return hist
 
 
@@ -173,8 +172,8 @@ def _ready(url: str) -> bool:
 
 
 class Engine:
-    """The model a server serves, loaded in this process: the server's work on one image, minus HTTP,
-    decoding, the queue and the thread hand-offs."""
+    """The model a server serves (same preset, weights, device and speed), loaded in this process: the
+    server's work on one image, minus HTTP, decoding, the queue and the thread hand-offs."""
 
     def __init__(self, model: dict, weights: Path | None, threads: int | None) -> None:
         import torch
@@ -186,7 +185,7 @@ class Engine:
         if model["weights_sha256"] is None:
             raise ValueError("the server's model is randomly initialised: the engine baseline cannot load the same "
                              "one (pass --engine-runs 0)")
-        self.predictor = Predictor.from_preset(model["preset"], weights, model["device"])
+        self.predictor = Predictor.from_preset(model["preset"], weights, model["device"], speed=model["speed"])
         path = self.predictor.weights_path
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
         if sha256 != model["weights_sha256"]:
@@ -284,7 +283,7 @@ async def sweep(url: str, body: bytes, args: argparse.Namespace) -> dict:
         if ready.status_code != 200:
             raise RuntimeError(f"{url}/readyz answered {ready.status_code}: {ready.text[:200]}")
         model = (await client.get(f"{url}/v1/model", headers=headers)).raise_for_status().json()
-        keys = ("preset", "weights", "weights_sha256", "device", "max_batch_size")
+        keys = ("preset", "weights", "weights_sha256", "device", "speed", "max_batch_size")
         result["model"] = {key: model[key] for key in keys}
         # Loaded before the sweep: loading is CPU work, which must not overlap the server's.
         engine = Engine(model, args.weights, args.threads) if args.engine_runs > 0 else None

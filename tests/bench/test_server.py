@@ -74,6 +74,7 @@ def test_server_bench_sweeps_concurrency_and_times_the_engine_alone(service_url,
         assert r["ok"] == 3 and r["errors"] == {} and r["requests_per_s"] > 0
         assert r["p50_s"] <= r["p95_s"] <= r["p99_s"]
         assert r["forward_passes"] >= 1 and 1 <= r["mean_batch"] <= 3
+    assert run["model"]["speed"] == "fast"  # the engine baseline is loaded at the server's speed
     engine = run["engine"]
     assert engine["runs"] == 2 and engine["threads"] == 1
     assert 0 < engine["engine_min_s"] <= engine["engine_p50_s"] and engine["server_p50_s"] > 0
@@ -118,7 +119,7 @@ def test_url_and_spawn_are_exclusive():
 
 
 def test_engine_baseline_refuses_other_weights_than_the_server_s():
-    model = {"preset": "small_r18_fpn", "device": "cpu"}
+    model = {"preset": "small_r18_fpn", "device": "cpu", "speed": "exact"}
     with pytest.raises(ValueError, match="randomly initialised"):
         Engine({**model, "weights_sha256": None}, None, threads=1)
     with pytest.raises(ValueError, match="pass --weights"):
