@@ -53,14 +53,17 @@ class MultiLevelRoIPooler(nn.Module):
         if rois.shape[0] == 0:
             return out
         levels = self.level_of(rois[:, 1:])
-        jobs = []  # (indices into rois, feature, scale): one per level, split further across threads
+        # torchvision's CPU RoIAlign runs on one thread: without autograd, RoIs go to a pool of threads
+        parallel = out.device.type == "cpu" and not torch.is_grad_enabled()
+        jobs = []  # (indices into rois, feature, scale): one per level, in chunks when parallel
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
-            jobs += [(part, feature, scale) for part in _split(idx, feature)]
-        pool = _thread_pool() if len(jobs) > 1 and not torch.is_grad_enabled() else None
+            if idx.numel():
+                jobs += [(part, feature, scale) for part in (_chunks(idx) if parallel else [idx])]
+        pool = _thread_pool() if parallel and len(jobs) > 1 else None
         if pool is None:
             pooled = [self._pool(feature, rois[idx], scale) for idx, feature, scale in jobs]
-        else:  # torchvision's CPU RoIAlign runs on one thread and lets go of the GIL: RoIs are independent
+        else:  # it lets go of the GIL, and RoIs are independent: the same numbers
             pooled = list(pool.map(lambda job: self._pool(job[1], rois[job[0]], job[2]), jobs))
         for (idx, _, _), result in zip(jobs, pooled):
             out[idx] = result.to(out.dtype)
@@ -87,11 +90,6 @@ def _thread_pool() -> ThreadPoolExecutor | None:
     return _POOL[2]
 
 
-def _split(idx: Tensor, feature: Tensor) -> list[Tensor]:
-    """``idx`` in one chunk per CPU thread (at least 16 RoIs each) without autograd, else whole; [] if empty."""
-    if idx.numel() == 0:
-        return []
-    if feature.device.type != "cpu" or torch.is_grad_enabled():
-        return [idx]
-    chunks = max(1, min(torch.get_num_threads(), idx.numel() // 16))
-    return list(idx.tensor_split(chunks))
+def _chunks(idx: Tensor) -> list[Tensor]:
+    """``idx`` in one chunk per CPU thread, of at least 16 RoIs each."""
+    return list(idx.tensor_split(max(1, min(torch.get_num_threads(), idx.numel() // 16))))
