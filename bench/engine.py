@@ -250,19 +250,23 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
         if torchvision:
             row["vs_torchvision"] = compare([_Boxes(o) for o in last["torchvision"][0]], dets)
         rows.append(row)
-    if torchvision:  # the median of the repetitions' ratios: a load that comes and goes hits both of a pair
-        for row in rows[1:]:
-            if len(row["runs_s"]) == len(rows[0]["runs_s"]):
-                ratios = [t / o for t, o in zip(rows[0]["runs_s"], row["runs_s"])]
-                row["speedup"] = round(statistics.median(ratios), 2)
-                row["speedup_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
-            else:  # bf16 emulated: timed once
-                row["speedup"] = round(rows[0]["total_s"] / row["total_s"], 2)
-    exact_s = next((r["total_s"] for r in rows if r["impl"] == "ours-exact"), None)
+    exact_row = next((r for r in rows if r["impl"] == "ours-exact"), None)
     for row in rows:
-        if exact_s and row["impl"].startswith("ours-") and row["impl"] != "ours-exact":
-            row["speedup_vs_exact"] = round(exact_s / row["total_s"], 2)
+        if torchvision and row is not rows[0]:
+            row["speedup"], row["speedup_range"] = _speedup(rows[0], row)
+        if exact_row is not None and row["impl"].startswith("ours-") and row is not exact_row:
+            row["speedup_vs_exact"] = _speedup(exact_row, row)[0]
     return rows
+
+
+def _speedup(base: dict, row: dict) -> tuple[float, list[float] | None]:
+    """How many times faster ``row`` ran than ``base``: the median of the repetitions' ratios (a load
+    that comes and goes hits both of a pair) and their range; the ratio of the totals where the two were
+    not timed alike (emulated bf16: once)."""
+    if len(row["runs_s"]) != len(base["runs_s"]):
+        return round(base["total_s"] / row["total_s"], 2), None
+    ratios = [b / r for b, r in zip(base["runs_s"], row["runs_s"])]
+    return round(statistics.median(ratios), 2), [round(min(ratios), 2), round(max(ratios), 2)]
 
 
 def format_table(rows: list[dict]) -> str:

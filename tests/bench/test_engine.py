@@ -20,7 +20,8 @@ def test_engine_bench_runs_at_a_tiny_size(tmp_path, capsys):
     assert rows[1]["vs_torchvision"] == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
     for row in rows[1:]:
         assert set(row["stages_s"]) == set(STAGES) and row["stages_s"]["backbone"] > 0 and row["stages_s"]["mask"] > 0
-        assert row["speedup"] > 0
+        assert row["speedup"] > 0 and row["speedup_range"][0] <= row["speedup"] <= row["speedup_range"][1]
+    assert rows[2]["speedup_vs_exact"] > 0 and "speedup_vs_exact" not in rows[1]
     assert 0.0 <= rows[2]["vs_exact"]["matched"] <= 1.0
     assert "ours-fast" in capsys.readouterr().out
 
