@@ -52,8 +52,7 @@ from detector.modeling.speeds import InferenceOptions
 
 def apply_inference_options(model: nn.Module, options: InferenceOptions) -> bool:
     """Apply ``options`` in place to ``model`` (an RCNN, in eval mode: RCNN.optimize_for_inference passes
-    a copy); its mask head's ReLUs also go in place. Returns whether the model can still train: not once
-    BN is folded or bf16 wrappers are in."""
+    a copy). Returns whether the model can still train: not once BN is folded or bf16 wrappers are in."""
     trainable = True
     heads = model.roi_heads
     if options.fuse_bn and fold_frozen_bn(model.backbone):
@@ -62,8 +61,6 @@ def apply_inference_options(model: nn.Module, options: InferenceOptions) -> bool
     if options.nnpack:
         use_nnpack(model)
         model.rpn.head = MatmulRPNHead(model.rpn.head)
-    if heads.mask_head is not None:
-        heads.mask_head = InplaceMaskHead(heads.mask_head)
     if options.channels_last:
         # With NNPACK the RPN head's 3x3 conv gives NCHW, which its matmul reads as it is.
         for module in (model.backbone, model.fpn) if options.nnpack else (model.backbone, model.fpn, model.rpn.head):
@@ -257,21 +254,6 @@ def fuse_bottlenecks(module: nn.Module) -> int:
                 setattr(parent, name, FusedBottleneck(child))
                 count += 1
     return count
-
-
-class InplaceMaskHead(nn.Module):
-    """The mask head (detector.modeling.mask_head.MaskHead) with its ReLUs in place: the same numbers,
-    five fewer (B, D, S, S)-sized allocations."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.convs, self.deconv, self.predictor = head.convs, head.deconv, head.predictor
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, D, S, S) -> mask logits (B, C+1, 2S, 2S)."""
-        for conv in self.convs:
-            x = F.relu_(conv(x))
-        return self.predictor(F.relu_(self.deconv(x)))
 
 
 def pointwise_channels_last(module: nn.Module) -> None:

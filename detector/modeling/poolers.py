@@ -86,6 +86,8 @@ def _thread_pool() -> ThreadPoolExecutor | None:
     if threads < 2:
         return None
     if _POOL is None or _POOL[:2] != (os.getpid(), threads):
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)  # another thread count: its threads end once idle
         _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
     return _POOL[2]
 
