@@ -31,7 +31,7 @@ to torchvision (in-place frozen BN, ReLUs and FPN sums, RoIAlign across threads,
 their boxes). Measured with bench/engine.py (800x1216, 2 threads, 2-core AVX2 CPU, end to end with
 RLE; medians, bench/results/): maskrcnn_r50_fpn batch 1: torchvision 5.02 s, exact 3.93 s (1.24x),
 fast 2.27 s (2.22x); batch 2: 1.37x and 2.16x; batch 4: 1.30x and 2.39x. fasterrcnn_r50_fpn: exact
-1.15x, fast 2.09x; keypointrcnn_r50_fpn: exact 1.01x, fast 1.90x. small_r18_fpn: fast 1.07-1.20x
+1.15x, fast 2.09x; keypointrcnn_r50_fpn: exact 1.01x, fast 1.90x. small_r18_fpn: fast 1.04-1.20x
 the exact mode, the same synthetic-val AP to 0.01 point.
 
 ``detector.modeling.speeds.SPEEDS`` names the combinations ``Predictor(speed=...)`` offers.
