@@ -20,6 +20,12 @@ decoding, back to image pixels, and the RLE). Each of our modes is compared with
 (JSON "vs_torchvision"; exact: bit-identical, all differences 0) and each fast mode with our exact one
 (table and JSON "vs_exact"): the fraction of detections matched (same label, IoU > 0.9; or within 1
 px) and the largest score and box differences.
+
+Each implementation runs in a process of its own, as it would in production, and the processes take
+turns: ours keeps freed memory for the next pass (``detector.memory``, as ``Predictor`` does on the
+CPU), torchvision's model runs under the default malloc. ``--torchvision-kept-memory`` adds a row for
+torchvision's model under our setting, to show what the setting alone is worth; ``--no-kept-memory``
+runs ours without it.
 Prints a table and writes JSON.
 """
 
@@ -28,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
+import resource
 import statistics
 import sys
 import time
@@ -40,6 +48,7 @@ from pycocotools import mask as mask_util
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.memory import keep_freed_memory  # noqa: E402
 from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
 from detector.modeling.fuse import bf16_is_fast  # noqa: E402
 from detector.modeling.speeds import SPEEDS  # noqa: E402
@@ -191,64 +200,54 @@ def build_pair(preset: str, size: tuple[int, int], device: torch.device):
     return tv.to(device), ours.to(device)
 
 
+IMPL_TORCHVISION, IMPL_TORCHVISION_KEPT = "torchvision", "torchvision+kept-memory"
+
+
 def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, modes: list[str],
-                device: torch.device, torchvision: bool = True) -> list[dict]:
-    """One row per implementation: torchvision's (unless ``torchvision`` is False), then ours per mode.
-    The implementations take turns within each repetition, so that a shared machine's load falls on
+                device: torch.device, torchvision: bool = True, torchvision_kept: bool = False,
+                keep_memory: bool = True) -> list[dict]:
+    """One row per implementation: torchvision's (unless ``torchvision`` is False; with ``torchvision_kept``
+    also torchvision's under our malloc setting), then ours per mode. Each implementation runs in its
+    own process, as each would in production: ours keeps freed memory (``detector.memory``, as
+    ``Predictor`` does, unless ``keep_memory`` is False), torchvision's model runs under the default
+    malloc. The processes take turns within each repetition, so that a shared machine's load falls on
     all of them alike; the first repetition is a warm-up (unless ``repeat`` is 0)."""
-    if preset in TORCHVISION_MODELS:
-        tv, ours = build_pair(preset, size, device)
-    else:  # at its own input size, with its built-in weights where present
-        tv, ours, torchvision = None, Predictor.from_preset(preset, device=device, speed="exact").model, False
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, *size, generator=g).to(device) for _ in range(batch)]
-    # Every copy before any hook: a copy would carry its original's hooks.
-    models = {mode: ours if mode == "exact" else ours.optimize_for_inference(**vars(SPEEDS[mode])) for mode in modes}
-    timers = {mode: StageTimer(model, device) for mode, model in models.items()}
+    if preset not in TORCHVISION_MODELS:  # the built-in model has no torchvision twin
+        torchvision = torchvision_kept = False
     slow = {m for m in modes if m == "bf16" and not bf16_is_fast(device)}
     if slow:
         log.warning("bf16 is emulated on this %s (no native bf16): timed once, without a warm-up", device)
-
-    def run_tv():
-        with torch.inference_mode():
-            out = tv(images)
-        return out, _torchvision_rle(out)
-
-    def run_ours(model):
-        dets = model.predict(images)
-        return dets, [d.rle_masks() if d.mask_probs is not None else [] for d in dets]
-
-    tv_runs, runs, last = [], {m: [] for m in modes}, {}
-    for rep in range(repeat + 1):
-        if torchvision:
-            seconds, out = _timed(run_tv, device)
-            tv_runs.append(seconds)
-            last["torchvision"] = out
-        for mode, model in models.items():
-            if mode in slow and rep != repeat:
-                continue
-            stages, out = timers[mode].run(lambda model=model: run_ours(model))
-            runs[mode].append(stages)
-            last[mode] = out
+    impls = [IMPL_TORCHVISION] * torchvision + [IMPL_TORCHVISION_KEPT] * torchvision_kept + list(modes)
+    workers = {impl: _Worker(impl, preset, size, batch, device, keep_memory) for impl in impls}
+    try:
+        runs, last = {impl: [] for impl in impls}, {}
+        for rep in range(repeat + 1):
+            for impl, worker in workers.items():
+                if impl in slow and rep != repeat:
+                    continue
+                runs[impl].append(worker.run())
+        last = {impl: worker.outputs() for impl, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.close()
     base = {"model": preset, "batch": batch, "size": list(size), "device": str(device), "threads": torch.get_num_threads()}
     rows = []
-    if torchvision:
-        rows.append({**base, "impl": "torchvision", "detections": [len(o["boxes"]) for o in last["torchvision"][0]],
-                     "total_s": round(statistics.median(tv_runs[1:] or tv_runs), 4),
-                     "runs_s": [round(t, 4) for t in tv_runs[1:] or tv_runs]})
-    exact = [d.to("cpu") for d in last["exact"][0]] if "exact" in last else None
-    for mode in modes:
-        timed = runs[mode] if mode in slow else runs[mode][1:] or runs[mode]
+    for impl in impls:
+        timed = runs[impl] if impl in slow else runs[impl][1:] or runs[impl]
         stages = _median_stages(timed)
-        dets = [d.to("cpu") for d in last[mode][0]]
-        row = {**base, "impl": f"ours-{mode}", "detections": [len(d) for d in dets], "total_s": stages.pop("total"),
-               "runs_s": [round(r["total"], 4) for r in timed], "stages_s": stages}
-        if mode == "bf16":
+        counts = {"page_faults": int(stages.pop("page_faults")), "kernel_s": stages.pop("kernel_s")}
+        ours = impl in modes
+        row = {**base, "impl": f"ours-{impl}" if ours else impl, "detections": [len(d) for d in last[impl]],
+               "total_s": stages.pop("total"), "runs_s": [round(r["total"], 4) for r in timed],
+               "kept_memory": keep_memory if ours else impl == IMPL_TORCHVISION_KEPT, **counts}
+        if ours:
+            row["stages_s"] = stages
+        if impl == "bf16":
             row["bf16_native"] = bf16_is_fast(device)
-        if mode != "exact" and exact is not None:
-            row["vs_exact"] = compare(exact, dets)
-        if torchvision:
-            row["vs_torchvision"] = compare([_Boxes(o) for o in last["torchvision"][0]], dets)
+        if ours and impl != "exact" and "exact" in last:
+            row["vs_exact"] = compare(last["exact"], last[impl])
+        if ours and torchvision:
+            row["vs_torchvision"] = compare(last[IMPL_TORCHVISION], last[impl])
         rows.append(row)
     exact_row = next((r for r in rows if r["impl"] == "ours-exact"), None)
     for row in rows:
@@ -257,6 +256,116 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
         if exact_row is not None and row["impl"].startswith("ours-") and row is not exact_row:
             row["speedup_vs_exact"] = _speedup(exact_row, row)[0]
     return rows
+
+
+class _Worker:
+    """One implementation in its own process (``_serve``): ``run()`` times one pass, ``outputs()`` gives
+    the last pass's detections (boxes, scores, labels on the CPU; plain tensors across the pipe)."""
+
+    def __init__(self, impl: str, preset: str, size: tuple[int, int], batch: int, device: torch.device,
+                 keep_memory: bool) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, impl, preset, size, batch, str(device),
+                                                        torch.get_num_threads(), keep_memory), daemon=True)
+        self.process.start()
+        child.close()
+        self._call("ready")
+
+    def _call(self, what: str):
+        self.conn.send(what)
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"benchmark worker died (exit code {self.process.join(5) or self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def run(self) -> dict[str, float]:
+        return self._call("run")
+
+    def outputs(self) -> list[_Boxes]:
+        return [_Boxes(o) for o in self._call("outputs")]
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send("stop")
+            except OSError:
+                pass
+            self.process.join(30)
+            if self.process.is_alive():
+                self.process.kill()
+
+
+def _serve(conn, impl: str, preset: str, size: tuple[int, int], batch: int, device: str, threads: int,
+           keep_memory: bool) -> None:
+    """A worker process's loop: build ``impl``'s model, then answer "run" / "outputs" until "stop"."""
+    import traceback
+
+    try:
+        torch.set_num_threads(threads)
+        device = torch.device(device)
+        run, last = _build(impl, preset, size, batch, device, keep_memory), None
+        while (what := conn.recv()) != "stop":
+            if what == "run":
+                stages, last = run()
+                conn.send(("ok", stages))
+            elif what == "outputs":
+                conn.send(("ok", last))
+            else:
+                conn.send(("ok", None))
+    except Exception:  # noqa: BLE001 -- the parent reports it
+        conn.send(("error", traceback.format_exc()))
+
+
+def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: torch.device, keep_memory: bool):
+    """A function that runs ``impl`` once on the benchmark's images -> (seconds by stage, detections)."""
+    if impl == IMPL_TORCHVISION_KEPT or (impl not in (IMPL_TORCHVISION,) and keep_memory and device.type == "cpu"):
+        keep_freed_memory()
+    if preset in TORCHVISION_MODELS:
+        tv, ours = build_pair(preset, size, device)
+    else:  # at its own input size, with its built-in weights where present
+        tv, ours = None, Predictor.from_preset(preset, device=device, speed="exact", keep_freed_memory=False).model
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *size, generator=g).to(device) for _ in range(batch)]
+    if impl in (IMPL_TORCHVISION, IMPL_TORCHVISION_KEPT):
+        def run_tv():
+            with torch.inference_mode():
+                out = tv(images)
+            _torchvision_rle(out)
+            return [{k: o[k].cpu() for k in ("boxes", "scores", "labels")} for o in out]
+
+        def timed_tv():
+            seconds, out = _timed(run_tv, device)
+            return {"total": seconds}, out
+
+        return _with_kernel_counts(timed_tv)
+    model = ours if impl == "exact" else ours.optimize_for_inference(**vars(SPEEDS[impl]))
+    timer = StageTimer(model, device)
+
+    def run_ours():
+        dets = model.predict(images)
+        for d in dets:
+            if d.mask_probs is not None:
+                d.rle_masks()
+        return [{"boxes": d.boxes.cpu(), "scores": d.scores.cpu(), "labels": d.labels.cpu()} for d in dets]
+
+    return _with_kernel_counts(lambda: timer.run(run_ours))
+
+
+def _with_kernel_counts(run):
+    """``run`` -> (timings with "page_faults" and "kernel_s", this process's minor page faults and
+    system CPU seconds during the pass, output)."""
+    def counted():
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        timings, out = run()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return {**timings, "page_faults": after.ru_minflt - before.ru_minflt,
+                "kernel_s": after.ru_stime - before.ru_stime}, out
+
+    return counted
 
 
 def _speedup(base: dict, row: dict) -> tuple[float, list[float] | None]:
@@ -270,7 +379,7 @@ def _speedup(base: dict, row: dict) -> tuple[float, list[float] | None]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':22} {'batch':>5} {'impl':12} {'total s':>8} {'vs tv':>6} {'vs ex':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+    head = f"{'model':22} {'batch':>5} {'impl':23} {'total s':>8} {'vs tv':>6} {'vs ex':>6} {'faults':>8} {'kernel s':>8} " + " ".join(f"{s:>8}" for s in STAGES)
     head += f" {'matched':>7} {'<=1px':>6} {'max dscore':>10} {'max dbox px':>11}"
     lines = [head]
     for r in rows:
@@ -280,7 +389,8 @@ def format_table(rows: list[dict]) -> str:
         tail = (f" {vs['matched']:>7.3f} {vs['matched_1px']:>6.3f} {vs['max_score_diff']:>10.2e} "
                 f"{vs['max_box_diff_px']:>11.2e}" if vs else "")
         speedup = " ".join(f"{r[k]:>6.2f}" if k in r else f"{'':>6}" for k in ("speedup", "speedup_vs_exact"))
-        lines.append(f"{r['model']:22} {r['batch']:>5} {r['impl']:12} {r['total_s']:>8.3f} {speedup} {cells}{tail}")
+        kernel = f"{r['page_faults']:>8} {r['kernel_s']:>8.3f}"
+        lines.append(f"{r['model']:22} {r['batch']:>5} {r['impl']:23} {r['total_s']:>8.3f} {speedup} {kernel} {cells}{tail}")
     return "\n".join(lines)
 
 
@@ -295,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (0: one run, no warm-up); "
                    "the median is reported")
     p.add_argument("--no-torchvision", action="store_true", help="time ours only")
+    p.add_argument("--torchvision-kept-memory", action="store_true",
+                   help="also time torchvision's model under our malloc setting (detector.memory), to show "
+                   "what that setting alone does for it")
+    p.add_argument("--no-kept-memory", action="store_true",
+                   help="run ours under the default malloc too (Predictor(keep_freed_memory=False))")
     p.add_argument("--json", type=Path, default=Path("bench/engine.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -303,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         for batch in args.batches:
-            rows += bench_model(model, tuple(args.size), batch, args.repeat, args.modes, device, not args.no_torchvision)
+            rows += bench_model(model, tuple(args.size), batch, args.repeat, args.modes, device,
+                                torchvision=not args.no_torchvision, torchvision_kept=args.torchvision_kept_memory,
+                                keep_memory=not args.no_kept_memory)
     print(format_table(rows))
     env = {"device": str(device), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "threads": args.threads, "bf16_native": bf16_is_fast(device)}

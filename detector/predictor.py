@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from detector import memory
 from detector.modeling.fuse import bf16_is_fast
 from detector.modeling.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
@@ -44,10 +45,15 @@ class Predictor:
         name: str = "custom",
         weights_path: Path | None = None,
         speed: str = "fast",
+        keep_freed_memory: bool = True,
     ) -> None:
+        """``keep_freed_memory``: on the CPU, have malloc keep freed tensor memory for the next forward
+        pass instead of faulting it in again (process-wide; ``detector.memory``)."""
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
+        if keep_freed_memory and self.device.type == "cpu":
+            memory.keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.speed = speed
         if speed == "bf16" and not bf16_is_fast(self.device):
@@ -61,7 +67,8 @@ class Predictor:
 
     @classmethod
     def from_preset(
-        cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast"
+        cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
+        keep_freed_memory: bool = True,
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
         preset's built-in weights are used where the project ships them, else the model is random."""
@@ -73,7 +80,8 @@ class Predictor:
             load_weights(model, weights)
         else:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
-        return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
+        return cls(model, device=device, name=preset, weights_path=weights, speed=speed,
+                   keep_freed_memory=keep_freed_memory)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them

@@ -1,4 +1,5 @@
-"""bench/engine.py at a tiny size: it runs every mode, times every stage and writes its JSON."""
+"""bench/engine.py at a tiny size: it runs every implementation in its own process, every mode, times
+every stage and writes its JSON."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from detector.structures import Detections
 def test_engine_bench_runs_at_a_tiny_size(tmp_path, capsys):
     out = tmp_path / "engine.json"
     assert main(["--models", "maskrcnn_r50_fpn", "--size", "64", "96", "--threads", "1", "--repeat", "0",
-                 "--modes", "exact", "fast", "--json", str(out)]) == 0
+                 "--modes", "exact", "fast", "--torchvision-kept-memory", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["impl"] for r in rows] == ["torchvision", "ours-exact", "ours-fast"]
-    assert rows[0]["detections"] == rows[1]["detections"]  # the same model, bit for bit
-    assert rows[1]["vs_torchvision"] == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
-    for row in rows[1:]:
+    assert [r["impl"] for r in rows] == ["torchvision", "torchvision+kept-memory", "ours-exact", "ours-fast"]
+    assert [r["kept_memory"] for r in rows] == [False, True, True, True]
+    assert all(r["page_faults"] >= 0 and r["kernel_s"] >= 0 for r in rows)
+    assert rows[0]["detections"] == rows[1]["detections"] == rows[2]["detections"]  # the same model, bit for bit
+    assert rows[2]["vs_torchvision"] == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
+    for row in rows[2:]:
         assert set(row["stages_s"]) == set(STAGES) and row["stages_s"]["backbone"] > 0 and row["stages_s"]["mask"] > 0
         assert row["speedup"] > 0 and row["speedup_range"][0] <= row["speedup"] <= row["speedup_range"][1]
-    assert rows[2]["speedup_vs_exact"] > 0 and "speedup_vs_exact" not in rows[1]
-    assert 0.0 <= rows[2]["vs_exact"]["matched"] <= 1.0
+    assert rows[3]["speedup_vs_exact"] > 0 and "speedup_vs_exact" not in rows[2]
+    assert 0.0 <= rows[3]["vs_exact"]["matched"] <= 1.0
     assert "ours-fast" in capsys.readouterr().out
 
 
