@@ -276,7 +276,7 @@ class _Worker:
         self.conn.send(what)
         try:
             status, value = self.conn.recv()
-        except EOFError:
+        except (EOFError, ConnectionError):
             raise RuntimeError(f"benchmark worker died (exit code {self.process.join(5) or self.process.exitcode})") from None
         if status == "error":
             raise RuntimeError(f"benchmark worker failed:\n{value}")

@@ -28,10 +28,12 @@
 
 The "exact" mode has none of these: it is the model itself, whose own inference path is bit-identical
 to torchvision (in-place frozen BN, ReLUs and FPN sums, RoIAlign across threads, masks encoded from
-their boxes). Measured with bench/engine.py (800x1216, 2 threads, 2-core AVX2 CPU, end to end with
-RLE; medians, bench/results/): maskrcnn_r50_fpn batch 1: torchvision 5.02 s, exact 3.93 s (1.24x),
-fast 2.27 s (2.22x); batch 2: 1.37x and 2.16x; batch 4: 1.30x and 2.39x. fasterrcnn_r50_fpn: exact
-1.15x, fast 2.09x; keypointrcnn_r50_fpn: exact 1.01x, fast 1.90x. small_r18_fpn: fast 1.04-1.20x
+their boxes). Every mode also runs with freed memory kept for the next pass (``detector.memory``,
+applied by ``Predictor``). Measured with bench/engine.py (800x1216, 2 threads, 2-core AVX2 CPU, each
+implementation in its own process, end to end with RLE; medians, bench/results/): maskrcnn_r50_fpn
+batch 1: torchvision 6.09 s, exact 3.47 s (1.78x), fast 2.12 s (2.98x) (torchvision's model under our
+malloc setting: 3.82 s); batch 2: 1.79x and 3.17x; batch 4: 2.52x and 4.45x. fasterrcnn_r50_fpn:
+exact 1.38x, fast 2.12x; keypointrcnn_r50_fpn: exact 1.14x, fast 2.20x. small_r18_fpn: fast 1.06-1.11x
 the exact mode, the same synthetic-val AP to 0.01 point.
 
 ``detector.modeling.speeds.SPEEDS`` names the combinations ``Predictor(speed=...)`` offers.
