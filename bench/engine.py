@@ -239,7 +239,7 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
         ours = impl in modes
         row = {**base, "impl": f"ours-{impl}" if ours else impl, "detections": [len(d) for d in last[impl]],
                "total_s": stages.pop("total"), "runs_s": [round(r["total"], 4) for r in timed],
-               "kept_memory": keep_memory if ours else impl == IMPL_TORCHVISION_KEPT, **counts}
+               "kept_memory": _keeps_memory(impl, keep_memory, device), **counts}
         if ours:
             row["stages_s"] = stages
         if impl == "bf16":
@@ -277,7 +277,8 @@ class _Worker:
         try:
             status, value = self.conn.recv()
         except (EOFError, ConnectionError):
-            raise RuntimeError(f"benchmark worker died (exit code {self.process.join(5) or self.process.exitcode})") from None
+            self.process.join(5)
+            raise RuntimeError(f"benchmark worker died (exit code {self.process.exitcode})") from None
         if status == "error":
             raise RuntimeError(f"benchmark worker failed:\n{value}")
         return value
@@ -322,7 +323,7 @@ def _serve(conn, impl: str, preset: str, size: tuple[int, int], batch: int, devi
 
 def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: torch.device, keep_memory: bool):
     """A function that runs ``impl`` once on the benchmark's images -> (seconds by stage, detections)."""
-    if impl == IMPL_TORCHVISION_KEPT or (impl not in (IMPL_TORCHVISION,) and keep_memory and device.type == "cpu"):
+    if _keeps_memory(impl, keep_memory, device):
         keep_freed_memory()
     if preset in TORCHVISION_MODELS:
         tv, ours = build_pair(preset, size, device)
@@ -353,6 +354,12 @@ def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: to
         return [{"boxes": d.boxes.cpu(), "scores": d.scores.cpu(), "labels": d.labels.cpu()} for d in dets]
 
     return _with_kernel_counts(lambda: timer.run(run_ours))
+
+
+def _keeps_memory(impl: str, keep_memory: bool, device: torch.device) -> bool:
+    """Whether ``impl``'s process keeps freed memory: ours unless told not to, as ``Predictor`` does (on
+    the CPU only), torchvision's model only in its "+kept-memory" row."""
+    return device.type == "cpu" and (impl == IMPL_TORCHVISION_KEPT or (impl in SPEEDS and keep_memory))
 
 
 def _with_kernel_counts(run):
