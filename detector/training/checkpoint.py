@@ -42,6 +42,17 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files ``atomic_save`` leaves beside ``path`` when its process is killed
+    mid-write (kill -9, power loss: no ``except`` runs). Only for a moment when nothing else writes
+    ``path``, as at the start of a training run. Returns what was deleted."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
     try:

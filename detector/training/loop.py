@@ -23,7 +23,7 @@ from detector.modeling.rcnn import ModelConfig, build_model
 from detector.structures import Targets
 from detector.training import distributed as dist
 from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
-                                          restore_rng, seed_everything)
+                                          remove_stale_temporaries, restore_rng, seed_everything)
 from detector.training.data import TrainingSet, build_loader, label_map_for
 from detector.training.metrics import MetricsLog
 from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
@@ -117,6 +117,9 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, main = self.cfg, self.dist.is_main
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        if main:  # before this run writes a checkpoint: what is there was left by a killed one
+            for tmp in remove_stale_temporaries(cfg.out_dir / CHECKPOINT_NAME):
+                logger.info("removed %s, a checkpoint half-written by a killed run", tmp)
         stop = min(cfg.stop_at or self.total_iters, self.total_iters)
         log = MetricsLog(cfg.out_dir, total_iters=self.total_iters, start_iter=self.iteration, main=main,
                          progress=cfg.progress, tensorboard=cfg.tensorboard)

@@ -64,6 +64,17 @@ def test_an_interrupted_first_write_leaves_nothing(tmp_path: Path, monkeypatch) 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    atomic_save({"iteration": 1}, tmp_path / "last.pth")
+    stale = [tmp_path / ".last.pth.a1b2c3.tmp", tmp_path / ".last.pth.zz9.tmp"]
+    keep = [tmp_path / ".other.pth.a1b2c3.tmp", tmp_path / "last.pth.tmp", tmp_path / "metrics.jsonl"]
+    for p in stale + keep:
+        p.write_bytes(b"x")
+    assert checkpoint.remove_stale_temporaries(tmp_path / "last.pth") == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pth"] + [p.name for p in keep])
+    assert torch.load(tmp_path / "last.pth", weights_only=True) == {"iteration": 1}
+
+
 def test_restored_rng_states_repeat_the_same_draws(tmp_path: Path) -> None:
     seed_everything(3)
     _draws()

@@ -63,8 +63,11 @@ def test_resuming_repeats_the_uninterrupted_run_exactly(tiny_synthetic, tmp_path
     first = train(quick_model_cfg(), quick_train_cfg(tiny_synthetic, tmp_path / "parts", stop_at=2, **common))
     assert first.iterations == 2 and first.final_weights is None
     assert not (tmp_path / "parts" / "model_final.safetensors").exists()
+    stale = tmp_path / "parts" / ".last.pth.k1ll3d.tmp"  # what a writer killed mid-checkpoint leaves
+    stale.write_bytes(b"half a checkpoint")
     rest = train(quick_model_cfg(), quick_train_cfg(tiny_synthetic, tmp_path / "parts", resume=True, **common))
     assert rest.iterations == 5
+    assert not stale.exists()
 
     a, b = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
     assert [line["iter"] for line in b] == [1, 2, 3, 4, 5]
