@@ -80,7 +80,8 @@ async def _load(service: Service) -> None:
         if predictor is None:
             logger.info("loading preset %s on %s", settings.preset, settings.device)
             predictor = await asyncio.to_thread(
-                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
+                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed,
+                keep_freed_memory=settings.keep_freed_memory,
             )
         if predictor.weights_path is not None:
             service.weights_sha256 = await asyncio.to_thread(_sha256, Path(predictor.weights_path))

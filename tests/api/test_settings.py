@@ -20,14 +20,17 @@ def test_defaults():
     assert (s.max_batch_size, s.max_wait_ms, s.queue_size) == (4, 10.0, 64)
     assert s.max_body_bytes == 20 * 1024 * 1024 and s.max_pixels == 40_000_000
     assert (s.host, s.port, s.api_keys, s.weights) == ("127.0.0.1", 8000, [], None)
+    assert s.keep_freed_memory is True
 
 
 def test_environment_with_prefix(monkeypatch):
     monkeypatch.setenv("DETECTOR_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("DETECTOR_DEVICE", "cuda:1")
     monkeypatch.setenv("DETECTOR_API_KEYS", "alpha, beta,")
+    monkeypatch.setenv("DETECTOR_KEEP_FREED_MEMORY", "false")
     s = Settings()
     assert (s.max_batch_size, s.device, s.api_keys) == (8, "cuda:1", ["alpha", "beta"])
+    assert s.keep_freed_memory is False
 
 
 def test_flags_override_environment(monkeypatch):
