@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from detector import memory
 from detector.modeling.presets import get_preset
@@ -72,4 +71,3 @@ def test_predictor_keeps_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch,
 @linux_only
 def test_glibc_takes_the_settings():
     assert memory._apply() is True  # the CI and service machines run glibc: a refusal here is a regression
-    assert torch.ones(4).sum().item() == 4.0  # and allocation goes on working
