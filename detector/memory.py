@@ -3,9 +3,10 @@
 By default glibc hands big freed blocks back to the kernel (those it got with mmap, and the top of its
 heap past 128 KiB), so the next forward pass's tensors fault fresh, zero-filled pages in again: for our
 Mask R-CNN R50-FPN at 800x1216 on these CPUs that is ~500,000 page faults and ~1.4 s of kernel time per
-image, a fifth of the CPU time (torchvision's model: 650,000-900,000 and 2.5-3.6 s). ``keep_freed_memory()`` makes malloc serve every block from its heap
-and keep what is freed there: the same numbers, ~20% less time, a resident size that stays at the
-peak of one forward pass instead of dropping between them (bench/engine.py; README "Speed").
+image, a fifth of the CPU time (torchvision's model: 650,000-900,000 and 2.5-3.6 s).
+``keep_freed_memory()`` makes malloc serve every block from its heap and keep what is freed there:
+the same numbers, ~20% less time, a resident size that stays at the peak of one forward pass instead
+of dropping between them (bench/engine.py; README "Speed").
 
 It is process-wide (as jemalloc or tcmalloc would be, which PyTorch's CPU tuning guide recommends for
 the same reason), so ``Predictor`` applies it on the CPU unless told not to. No-op where malloc is not
