@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from detector.modeling.speeds import SPEED_NAMES
+from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 
 class Settings(BaseSettings):
@@ -18,10 +18,7 @@ class Settings(BaseSettings):
     preset: str = Field("small_r18_fpn", description="model preset name (detector/modeling/presets.py)")
     weights: str | None = Field(None, description="weights file; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
-    speed: Literal[SPEED_NAMES] = Field(
-        "fast", description="exact: torchvision's numbers bit for bit; fast: the same maths rounded otherwise, "
-        "~2x on CPUs; bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)"
-    )
+    speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)
 
     keep_freed_memory: bool = Field(
         True, description="on the CPU, keep freed tensor memory for the next forward pass instead of giving it "

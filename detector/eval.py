@@ -29,7 +29,7 @@ from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported
 from detector.evaluation.inference import predict_coco_results
 from detector.evaluation.report import format_category_table, format_voc, metrics_dict
 from detector.evaluation.voc import VocResult, voc_ap
-from detector.modeling.speeds import SPEED_NAMES
+from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 logger = logging.getLogger("detector.eval")
 
@@ -43,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, metavar="FILE", help="the model's weights (default: the preset's)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--speed", default="fast", choices=SPEED_NAMES,
-                        help="exact: torchvision's numbers bit for bit; fast (default): same maths, other rounding; "
-                             "bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)")
+    parser.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
                         help="default: every type that the model or the results file provides")
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         finish(ctx)
 
 
-def load_predictor(preset: str, weights: Path | None, device: str, speed: str = "fast"):
+def load_predictor(preset: str, weights: Path | None, device: str, speed: str = DEFAULT_SPEED):
     """The model's ``Predictor``; imported here so that ``--results`` runs without the model code."""
     from detector.predictor import Predictor
 

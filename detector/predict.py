@@ -17,7 +17,7 @@ from pathlib import Path
 
 from detector.data.images import read_image
 from detector.modeling.presets import PRESETS
-from detector.modeling.speeds import SPEED_NAMES
+from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 
@@ -29,9 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--speed", default="fast", choices=SPEED_NAMES,
-                   help="exact: torchvision's numbers bit for bit; fast (default): same maths, other rounding; "
-                        "bf16: approximate, for bf16 hardware (detector/modeling/fuse.py)")
+    p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
     p.add_argument("--out", type=Path, required=True, help="output JSON file")

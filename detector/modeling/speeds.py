@@ -20,3 +20,8 @@ SPEEDS: dict[str, InferenceOptions] = {
     "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True),  # approximate; needs bf16 hardware
 }
 SPEED_NAMES = tuple(SPEEDS)
+DEFAULT_SPEED = "fast"
+# What --speed (predict, eval) and DETECTOR_SPEED (the service) say of the modes.
+SPEED_HELP = ("exact: torchvision's numbers bit for bit; fast (default): the same maths rounded otherwise, "
+              "1.5-1.9x the exact mode on R50 models on CPUs; bf16: approximate, for bf16 hardware "
+              "(detector/modeling/fuse.py)")
