@@ -22,6 +22,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from detector.data.coco import COCO_KEYPOINT_NAMES
+from detector.modeling.transform import resize_ratios, resized_size
 from detector.structures import Targets
 
 Transform = Callable[[Tensor, Targets], tuple[Tensor, Targets]]
@@ -43,21 +44,19 @@ def flip_indices_for(names: Sequence[str]) -> tuple[int, ...]:
 COCO_FLIP_INDICES: tuple[int, ...] = flip_indices_for(COCO_KEYPOINT_NAMES)
 
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(H', W') with the shorter side min_size, unless that makes the longer side exceed max_size."""
-    scale = min_size / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def resize(image: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tensor, Targets]:
-    """Resize to size = (H', W'): bilinear (antialiased) image, nearest masks, scaled boxes and keypoints."""
+    """Resize to size = (H', W'): bilinear (antialiased) image, nearest masks, scaled boxes and keypoints.
+
+    Boxes and keypoints scale by torchvision's float32 ratios (``resize_ratios``). Where this differs from
+    torchvision's training transform, on purpose: the image is antialiased (the model then learns from the
+    same kind of pixels whatever the downscale; torchvision interpolates without), masks sample each
+    output pixel's centre (NEAREST_EXACT, below), and unlabelled keypoints (v = 0) stay (0, 0), which no
+    loss reads."""
     _, height, width = image.shape
     new_h, new_w = size
-    sx, sy = new_w / width, new_h / height
+    sy, sx = resize_ratios((height, width), size)
     image = F.resize(image, [new_h, new_w], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    scale = torch.tensor([sx, sy, sx, sy], dtype=targets.boxes.dtype)
+    scale = torch.stack([sx, sy, sx, sy]).to(targets.boxes.dtype)
     boxes = targets.boxes * scale  # (K, 4)
     boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([new_w, new_h, new_w, new_h], dtype=boxes.dtype))
     masks = targets.masks
@@ -68,7 +67,7 @@ def resize(image: Tensor, targets: Targets, size: tuple[int, int]) -> tuple[Tens
     keypoints = targets.keypoints
     if keypoints is not None:
         labelled = keypoints[..., 2:3] > 0  # (K, P, 1)
-        xy = keypoints[..., :2] * torch.tensor([sx, sy], dtype=keypoints.dtype)
+        xy = keypoints[..., :2] * torch.stack([sx, sy]).to(keypoints.dtype)
         keypoints = torch.cat([torch.where(labelled, xy, keypoints[..., :2]), keypoints[..., 2:]], dim=-1)
     return image, replace(targets, boxes=boxes, masks=masks, keypoints=keypoints)
 
@@ -101,7 +100,8 @@ def _as_generator(source: torch.Generator | int | None) -> torch.Generator | Non
 
 @dataclass
 class Resize:
-    """Shorter side drawn at random from min_sizes (multi-scale training), longer side at most max_size."""
+    """Shorter side drawn at random from min_sizes (multi-scale training), longer side at most max_size;
+    the size as torchvision's model transform computes it (``resized_size``)."""
 
     min_sizes: tuple[int, ...] = (800,)  # torchvision's detection recipe trains at 800
     max_size: int = 1333  # ... with the longer side capped at 1333
@@ -118,7 +118,7 @@ class Resize:
     def __call__(self, image: Tensor, targets: Targets) -> tuple[Tensor, Targets]:
         choice = int(torch.randint(len(self.min_sizes), (1,), generator=self.generator))
         _, height, width = image.shape
-        return resize(image, targets, resized_shape(height, width, self.min_sizes[choice], self.max_size))
+        return resize(image, targets, resized_size(height, width, self.min_sizes[choice], self.max_size))
 
 
 @dataclass

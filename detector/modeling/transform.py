@@ -40,13 +40,34 @@ def normalize(image: Tensor, cfg: InputConfig) -> Tensor:
     return (image - mean) / std
 
 
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(H', W'): the shorter side scaled to ``min_size`` unless the longer would pass ``max_size``.
+
+    torchvision's eager path exactly (``_resize_image_and_masks`` + ``F.interpolate(scale_factor=...,
+    recompute_scale_factor=True)``): the scale in Python's double precision from the int sizes, each
+    side ``int(side * scale)``, truncated. Its TorchScript/tracing branch computes the scale in float32
+    tensors instead, which puts one side 1 px off on about half of COCO's sizes ((H, W) = (427, 640) ->
+    (799, 1199) rather than (800, 1199)); a traced export must reproduce this rule, not that branch.
+    A side that would truncate to 0 (aspect ratios past max_size / 1) is kept at 1 px, where torchvision
+    fails.
+    """
+    scale = min(min_size / min(height, width), max_size / max(height, width))  # Python float: double
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
 def resize(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """Scale so that the shorter side is ``min_size`` unless the longer would pass ``max_size``."""
-    shape = torch.tensor(image.shape[-2:], dtype=torch.float32)
-    scale = torch.min(min_size / shape.min(), max_size / shape.max()).item()
-    return F.interpolate(
-        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-    )[0]
+    """Bilinear resize of ``image`` (C, H, W) to ``resized_size``, as torchvision's model transform does."""
+    size = resized_size(image.shape[-2], image.shape[-1], min_size, max_size)
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def resize_ratios(original_size: tuple[int, int], new_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """(new_h / old_h, new_w / old_w) as float32 scalars divided in float32, as torchvision's
+    ``resize_boxes`` and ``resize_keypoints`` compute them (a double quotient rounded to float32 may
+    differ in the last bit)."""
+    ratio_h = torch.tensor(new_size[0], dtype=torch.float32) / torch.tensor(original_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(original_size[1], dtype=torch.float32)
+    return ratio_h, ratio_w
 
 
 def padded_size(size: tuple[int, int], size_divisible: int) -> tuple[int, int]:
@@ -65,8 +86,7 @@ def batch_images(images: list[Tensor], size_divisible: int) -> Tensor:
 
 def rescale_detections(det: Detections, original_size: tuple[int, int]) -> Detections:
     """Map detections from the resized image's pixels back to the original image's."""
-    ratio_h = torch.tensor(original_size[0], dtype=torch.float32) / torch.tensor(det.image_size[0], dtype=torch.float32)
-    ratio_w = torch.tensor(original_size[1], dtype=torch.float32) / torch.tensor(det.image_size[1], dtype=torch.float32)
+    ratio_h, ratio_w = resize_ratios(det.image_size, original_size)
     scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(det.boxes)
     keypoints = det.keypoints
     if keypoints is not None:

@@ -232,3 +232,55 @@ def test_default_iou_types_leave_out_keypoints_an_instances_file_cannot_score(tm
     assert set(json.loads(metrics_path.read_text())) >= {"bbox", "segm"}
     assert "keypoints" not in json.loads(metrics_path.read_text())
     assert eval_cli.main(args + ["--iou-types", "keypoints"]) == 2  # asked for explicitly: a clear error
+
+
+def test_model_results_on_real_coco_images_are_torchvisions(tmp_path, capsys):
+    """``--model`` with a torchvision checkpoint in exact mode writes torchvision's detections, its label as
+    the COCO category id, and pycocotools gives the same AP, on real COCO images at their own sizes (ones a
+    float32 resize scale used to get 1 px off). To make the AP mean something with random weights, the
+    annotation file also holds 5 of torchvision's own detections per image as ground truth."""
+    import torch
+
+    from detector.data.images import read_image
+    from detector.evaluation.ground_truth import load_ground_truth
+    from tests.detector.modeling.parity_utils import torchvision_reference
+    from tests.tiny_coco import tiny_coco_root
+
+    root = tiny_coco_root()
+    full = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    files = {"000000006818.jpg", "000000037777.jpg"}  # 640 x 427 and 230 x 352
+    images = [im for im in full["images"] if im["file_name"] in files]
+    category_ids = {c["id"] for c in full["categories"]}
+    tv = torchvision_reference("fasterrcnn_r50_fpn", min_size=800, max_size=1333, eps=0.0)
+    weights = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), weights)
+
+    expected, annotations = [], [a for a in full["annotations"] if a["image_id"] in {im["id"] for im in images}]
+    for im in images:
+        array = read_image(root / "val2017" / im["file_name"])
+        with torch.no_grad():
+            out = tv([torch.from_numpy(array).permute(2, 0, 1).float() / 255])[0]
+        for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
+            if label in category_ids:  # torchvision's 91 slots hold 11 unused ("N/A") ones
+                x1, y1, x2, y2 = box
+                expected.append({"image_id": im["id"], "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                 "score": score})
+        for r in [r for r in expected if r["image_id"] == im["id"]][:5]:
+            annotations.append({"id": 10**9 + len(annotations), "image_id": im["id"], "category_id": r["category_id"],
+                                "bbox": r["bbox"], "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0})
+    ann = _write(tmp_path / "ann.json", {**full, "images": images, "annotations": annotations})
+    results_path, metrics_path = tmp_path / "results.json", tmp_path / "metrics.json"
+
+    code = eval_cli.main(["--model", "fasterrcnn_r50_fpn", "--weights", str(weights), "--speed", "exact",
+                          "--images", str(root / "val2017"), "--ann", str(ann), "--out", str(results_path),
+                          "--metrics-out", str(metrics_path)])
+
+    assert code == 0, capsys.readouterr().err
+    results = json.loads(results_path.read_text())
+    assert len(results) == len(expected) > 100
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])  # noqa: E731
+    for ours, theirs in zip(sorted(results, key=key), sorted(expected, key=key)):
+        assert ours == theirs
+    reference_ap = evaluate_coco(load_ground_truth(ann), expected, "bbox").stats["AP"]
+    assert reference_ap > 0.05
+    assert json.loads(metrics_path.read_text())["bbox"]["AP"] == pytest.approx(reference_ap, abs=1e-9)

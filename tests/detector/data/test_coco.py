@@ -12,25 +12,19 @@ from PIL import Image
 
 from detector.data.coco import COCO_KEYPOINT_NAMES, CocoDataset, DatasetStats
 from detector.data.transforms import hflip
+from tests.tiny_coco import tiny_coco_root
 
-TINY_COCO = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "tiny_coco"
-
-
-def _tiny_coco() -> Path:
-    if not (TINY_COCO / "annotations" / "instances_val2017.json").is_file():
-        pytest.skip(f"COCO sample not found at {TINY_COCO.resolve()} (a shared/ folder beside the repo)")
-    return TINY_COCO
 
 
 @pytest.fixture(scope="module")
 def instances() -> CocoDataset:
-    root = _tiny_coco()
+    root = tiny_coco_root()
     return CocoDataset(root / "val2017", root / "annotations" / "instances_val2017.json", with_masks=True)
 
 
 @pytest.fixture(scope="module")
 def persons() -> CocoDataset:
-    root = _tiny_coco()
+    root = tiny_coco_root()
     return CocoDataset(root / "val2017", root / "annotations" / "person_keypoints_val2017.json")
 
 

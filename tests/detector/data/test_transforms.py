@@ -14,8 +14,8 @@ from detector.data.transforms import (
     flip_indices_for,
     hflip,
     resize,
-    resized_shape,
 )
+from detector.modeling.transform import resized_size
 from detector.structures import Targets
 
 
@@ -112,11 +112,13 @@ def test_flip_rejects_keypoint_count_mismatch() -> None:
         hflip(image, targets, flip_indices=(1, 0))
 
 
-def test_resized_shape_follows_min_and_max_size() -> None:
-    assert resized_shape(480, 640, 800, 1333) == (800, 1067)
-    assert resized_shape(640, 480, 800, 1333) == (1067, 800)
-    assert resized_shape(100, 1000, 800, 1333) == (133, 1333)  # the longer side caps the scale
-    assert resized_shape(800, 800, 800, 1333) == (800, 800)
+def test_resize_draws_torchvisions_size() -> None:
+    """Training images get the size torchvision's model transform gives them: 427x640 (COCO's most common
+    size) -> 800x1199, where a float32 scale gives 799; 480x640 -> 800x1066, truncated, not rounded."""
+    for (h, w), expected in [((427, 640), (800, 1199)), ((480, 640), (800, 1066)), ((100, 1000), (133, 1333))]:
+        image, targets = _random_sample(0, height=h, width=w)
+        assert tuple(Resize((800,), 1333)(image, targets)[0].shape[1:]) == expected
+        assert resized_size(h, w, 800, 1333) == expected
 
 
 @pytest.mark.parametrize("seed, size", [(0, (80, 120)), (1, (20, 31)), (2, (59, 47))])
@@ -124,10 +126,11 @@ def test_resize_moves_boxes_masks_and_keypoints_together(seed: int, size: tuple[
     image, targets = _random_sample(seed)
     out_image, out = resize(image, targets, size)
     new_h, new_w = size
-    sx, sy = new_w / image.shape[2], new_h / image.shape[1]
+    sx = torch.tensor(new_w, dtype=torch.float32) / image.shape[2]  # torchvision's float32 ratios
+    sy = torch.tensor(new_h, dtype=torch.float32) / image.shape[1]
     assert out_image.shape == (3, new_h, new_w) and out_image.dtype == torch.uint8
     assert out.masks.shape == (len(targets), new_h, new_w) and set(out.masks.unique().tolist()) <= {0, 1}
-    assert torch.allclose(out.boxes, targets.boxes * torch.tensor([sx, sy, sx, sy]))
+    assert torch.equal(out.boxes, (targets.boxes * torch.stack([sx, sy, sx, sy])).clamp(min=0))
     for box, mask in zip(out.boxes, out.masks):
         # the resized mask's extent is the resized box, to within a pixel of nearest-neighbour rounding
         assert torch.allclose(torch.tensor(_mask_box(mask), dtype=torch.float32), box, atol=1.0)
@@ -168,7 +171,7 @@ def test_transforms_without_objects() -> None:
 def test_compose_applies_in_order() -> None:
     image, targets = _random_sample(3)
     composed = Compose([RandomHorizontalFlip(p=1.0), Resize((20,), 1000)])
-    expected_image, expected = resize(*hflip(image, targets), resized_shape(37, 53, 20, 1000))
+    expected_image, expected = resize(*hflip(image, targets), resized_size(37, 53, 20, 1000))
     out_image, out = composed(image, targets)
     assert torch.equal(out_image, expected_image) and torch.equal(out.boxes, expected.boxes)
     assert torch.equal(out.keypoints, expected.keypoints) and torch.equal(out.masks, expected.masks)

@@ -11,10 +11,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-
-# The repository's sibling folder shared/ holds the data that is too big for the repository.
-TINY_COCO = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tiny_coco"
-
 KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
                   "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
                   "left_knee", "right_knee", "left_ankle", "right_ankle"]

@@ -9,7 +9,9 @@ from pycocotools.coco import COCO
 
 from detector.evaluation.ground_truth import coco_from_dict, load_ground_truth
 
-from .coco_samples import TINY_COCO, small_coco_dict
+from tests.tiny_coco import tiny_coco_root
+
+from .coco_samples import small_coco_dict
 
 
 @pytest.fixture
@@ -18,10 +20,7 @@ def small_coco() -> COCO:
 
 
 def _tiny_coco_file(name: str) -> Path:
-    path = TINY_COCO / "annotations" / name
-    if not path.is_file():
-        pytest.skip(f"the tiny COCO sample is not at {path} (it comes with the shared/ folder)")
-    return path
+    return tiny_coco_root() / "annotations" / name
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from detector.weights import load_weights
 from detector.weights.loading import load_state_dict_strict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict
 from tests.detector.modeling.parity_utils import torchvision_reference
+from tests.tiny_coco import tiny_coco_root
 
 BOX_TOL = 1e-3  # pixels; reached: 0.0 (bit-identical) on this CPU
 
@@ -112,3 +113,38 @@ def test_pasted_masks_match_torchvision_paste():
     from detector.modeling.mask_paste import paste_masks
 
     assert torch.equal(paste_masks(probs, boxes, (120, 160)), ref)
+
+
+# Real COCO images (tiny_coco) whose size a float32 resize scale put 1 px off torchvision's, so that every
+# detection moved: (427 x 640 and 640 x 427 are COCO's most common sizes; 334 x 500 is one where
+# torchvision's own double-precision scale gives 799, not 800).
+REAL_IMAGES = {
+    "fasterrcnn_r50_fpn": ["val2017/000000006818.jpg"],  # 640 x 427 -> 1199 x 800
+    "maskrcnn_r50_fpn": ["val2017/000000037777.jpg"],  # 230 x 352 -> 800 x 1224
+    "keypointrcnn_r50_fpn": ["train2017/000000144941.jpg"],  # 334 x 500 -> 799 x 1197
+}
+MORE_REAL_IMAGES = ["val2017/000000181666.jpg", "val2017/000000239274.jpg", "val2017/000000403817.jpg",
+                    "train2017/000000012448.jpg", "train2017/000000412151.jpg", "train2017/000000540186.jpg"]
+
+
+def _real_coco_parity(preset: str, files: list[str]) -> None:
+    from bench.parity import run_model  # the same comparison as bench/parity.py over all 100 images
+
+    root = tiny_coco_root()
+    report = run_model(preset, [root / f for f in files], seed=0)
+    assert [r["detections"] > 10 for r in report["rows"]] == [True] * len(files)  # something to compare
+    assert report["differing"] == [], report["rows"]
+
+
+@pytest.mark.parametrize("preset", list(REAL_IMAGES))
+def test_same_detections_as_torchvision_on_real_coco_sizes(preset):
+    """The user's path: a torchvision checkpoint (random weights, trained-looking FrozenBN statistics)
+    loaded by ``Predictor.from_preset(speed="exact")``, an image file at COCO's 800/1333 sizes: boxes,
+    scores, labels, pasted masks and keypoints equal torchvision's bit for bit."""
+    _real_coco_parity(preset, REAL_IMAGES[preset])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(REAL_IMAGES))
+def test_same_detections_as_torchvision_on_more_real_coco_sizes(preset):
+    _real_coco_parity(preset, MORE_REAL_IMAGES)
