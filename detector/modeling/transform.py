@@ -2,6 +2,17 @@
 
 Input contract: images are Tensor[3, H, W], float in [0, 1] (uint8 in [0, 255] is converted).
 Shape shorthand: N images; Hp x Wp the padded batch size, a multiple of ``size_divisible``.
+
+Every step computes as torchvision's eager ``GeneralizedRCNNTransform`` does, in the same precision, so
+that the exact mode gives its detections bit for bit on any image size (tests/detector/modeling/
+test_transform.py, and bench/parity.py on real COCO images): the resized size (``resized_size``:
+double-precision scale, truncated), the pixels (bilinear, no antialiasing), the zero padding to multiples
+of 32, and boxes and keypoints mapped back by float32 ratios (``resize_ratios``). The other steps that
+touch pixel coordinates are torchvision's own or tested against it: the anchor grid (integer strides,
+tests/detector/modeling/test_anchors.py), clipping (``torchvision.ops.clip_boxes_to_image`` in rpn.py
+and box_head.py), mask pasting (mask_paste.py, tested against ``paste_masks_in_image``). Training
+resizes in the data pipeline (detector/data/transforms.py) to the same sizes, with the differences that
+its docstring gives.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detector.modeling.anchors import AnchorConfig, AnchorGenerator, cell_anchors, octave_sizes
@@ -41,3 +42,19 @@ def test_stride_is_integer_division_of_the_padded_size():
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     torch.testing.assert_close(centres[19], torch.tensor([0.0, 61.0]))
     torch.testing.assert_close(centres[1], torch.tensor([64.0, 0.0]))
+
+
+@pytest.mark.parametrize("padded", [(800, 1216), (1216, 800), (800, 1248), (832, 1344), (160, 224)])
+def test_anchors_are_torchvisions(padded):
+    """torchvision's AnchorGenerator on the padded batch sizes of real COCO images (427 x 640 -> 800 x 1199
+    -> 800 x 1216, ...): the same anchors, bit for bit, at every FPN level (P6's stride is 800 // 13 = 61)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+    from torchvision.models.detection.image_list import ImageList
+
+    cfg = AnchorConfig()
+    levels = [(-(-padded[0] // s), -(-padded[1] // s)) for s in (4, 8, 16, 32, 64)]  # ceil: the FPN's sizes
+    features = [torch.zeros(1, 1, h, w) for h, w in levels]
+    reference = TorchvisionAnchors(cfg.sizes, (cfg.aspect_ratios,) * len(cfg.sizes))
+    theirs = reference(ImageList(torch.zeros(1, 3, *padded), [padded]), features)[0]
+    ours = torch.cat(AnchorGenerator(cfg)(padded, levels, torch.device("cpu")))
+    assert torch.equal(ours, theirs)

@@ -19,7 +19,14 @@ from torchvision.models.detection.transform import (
     resize_keypoints,
 )
 
-from detector.modeling.transform import InputConfig, normalize, rescale_detections, resize, resized_size
+from detector.modeling.transform import (
+    InputConfig,
+    batch_images,
+    normalize,
+    rescale_detections,
+    resize,
+    resized_size,
+)
 from detector.structures import Detections
 from tests.tiny_coco import tiny_coco_root
 
@@ -92,3 +99,11 @@ def test_rescale_detections_is_torchvisions_resize_boxes_and_keypoints(resized, 
     assert torch.equal(out.boxes, resize_boxes(boxes, resized, original))
     assert torch.equal(out.keypoints, resize_keypoints(keypoints, resized, original))
     assert out.image_size == original
+
+
+def test_padded_batch_is_torchvisions():
+    """Two real-size images (COCO 427 x 640 and 640 x 427 resized) padded into one batch as torchvision pads."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 800, 1199, generator=g), torch.rand(3, 1199, 800, generator=g)]
+    reference = GeneralizedRCNNTransform(800, 1333, [0.0] * 3, [1.0] * 3)
+    assert torch.equal(batch_images(images, 32), reference.batch_images(images, size_divisible=32))
