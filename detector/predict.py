@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from detector.data.images import read_image
+from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import PRESETS
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
-DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

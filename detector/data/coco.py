@@ -26,23 +26,11 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES  # noqa: F401 (detector.data.transforms imports it from here)
 from detector.data.images import read_image
 from detector.structures import Targets
 
 logger = logging.getLogger(__name__)
-
-# COCO's person keypoints, in the order of its annotation files.
-COCO_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-# COCO's person skeleton: pairs of 1-based keypoint indices, as in its category entry.
-COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
-
 
 @dataclass
 class DatasetStats:
