@@ -27,6 +27,16 @@ BAD = [
 ]
 
 
+def _written(folder: Path, content: str | bytes | None) -> Path:
+    """folder/ann.json holding ``content``; absent when it is None."""
+    path = folder / "ann.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    return path
+
+
 def test_loads_an_annotation_file(tmp_path: Path) -> None:
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(GOOD))
@@ -37,11 +47,7 @@ def test_loads_an_annotation_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content, problem", BAD)
 def test_a_bad_file_is_a_value_error_starting_with_its_path(tmp_path: Path, content, problem) -> None:
-    path = tmp_path / "ann.json"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
+    path = _written(tmp_path, content)
     with pytest.raises(ValueError, match=problem) as info:
         load_coco_file(path)
     assert str(info.value).startswith(f"{path}: ")
@@ -49,11 +55,7 @@ def test_a_bad_file_is_a_value_error_starting_with_its_path(tmp_path: Path, cont
 
 @pytest.mark.parametrize("content, problem", BAD)
 def test_the_data_set_and_evaluation_read_files_through_it(tmp_path: Path, content, problem) -> None:
-    path = tmp_path / "ann.json"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
+    path = _written(tmp_path, content)
     with pytest.raises(ValueError) as from_loader:
         load_coco_file(path)
     with pytest.raises(ValueError) as from_data_set:
