@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--iters", type=_positive(int), metavar="N")
     length.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 12")
     sched.add_argument("--batch-size", type=_positive(int), default=2, help="images per process (default: 2)")
-    sched.add_argument("--lr", type=_positive(float), help="default: the preset's recipe (detector/modeling/presets.py LR_RECIPES), "
+    sched.add_argument("--lr", type=_positive(float),
+                       help="default: the preset's recipe (LR_RECIPES in detector/modeling/presets.py), "
                        "else 0.02 x total batch / 16")
     sched.add_argument("--momentum", type=float, default=0.9)
     sched.add_argument("--weight-decay", type=float, default=1e-4)

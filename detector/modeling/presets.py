@@ -49,7 +49,8 @@ def maskrcnn_r50_fpn() -> ModelConfig:
 
 def keypointrcnn_r50_fpn() -> ModelConfig:
     """torchvision's keypointrcnn_resnet50_fpn (COCO v1: 54.6 box AP, 65.0 keypoint AP)."""
-    return ModelConfig(class_names=("__background__", "person"), keypoint=KeypointHeadConfig(), keypoint_names=COCO_KEYPOINT_NAMES)
+    return ModelConfig(class_names=("__background__", "person"), keypoint=KeypointHeadConfig(),
+                       keypoint_names=COCO_KEYPOINT_NAMES)
 
 
 def maskrcnn_x101_32x8d_fpn() -> ModelConfig:
