@@ -64,6 +64,9 @@ CASES = [
     ("I;16 PNG", blocks("I;16", [0, 200, 25700, 32768, 65535]), "PNG", {},
      [(0,) * 3, (1,) * 3, (100,) * 3, (128,) * 3, WHITE], 0),
     # Pillow's CMYK -> RGB: R = 255 - C - K (clipped), and so on.
+    ("RGB MPO", blocks("RGB", [(0, 0, 255), (250, 128, 0)]), "MPO",
+     {"quality": 95, "save_all": True, "append_images": [Image.new("RGB", (2 * B, B), (255, 0, 0))]},
+     [(0, 0, 255), (250, 128, 0)], 4),  # the first frame, not the red second one
     ("CMYK JPEG", blocks("CMYK", [(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)]), "JPEG", {"quality": 95},
      [WHITE, (0, 255, 255), (0, 0, 0)], 4),
 ]
@@ -90,8 +93,28 @@ def test_files_and_uploads_give_the_same_expected_pixels(tmp_path: Path, name, i
 
 
 def test_the_service_takes_every_format_the_cases_cover() -> None:
-    covered = {case[2] for case in CASES}
-    assert covered == set(ALLOWED_FORMATS) - {"MPO"}  # MPO is JPEG's decoder: its modes are JPEG's
+    assert {case[2] for case in CASES} == set(ALLOWED_FORMATS)
+
+
+def _orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value  # Orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("exif, shape", [
+    (_orientation(6), (2 * B, B, 3)),  # shown turned a quarter clockwise
+    (b"garbage-exif", (B, 2 * B, 3)),  # unreadable: the pixels as stored, for files as for uploads
+], ids=["orientation 6", "broken EXIF"])
+def test_files_and_uploads_are_turned_upright_alike(tmp_path: Path, exif, shape) -> None:
+    data = io.BytesIO()
+    blocks("RGB", [(255, 255, 255), (0, 0, 0)]).save(data, format="PNG", exif=exif)  # white left, black right
+    path = tmp_path / "turned.png"
+    path.write_bytes(data.getvalue())
+    from_file = read_image(path)
+    assert from_file.shape == shape
+    assert np.array_equal(from_file, decode_image(data.getvalue(), max_pixels=10**6))
+    assert from_file[1, 1].tolist() == [255, 255, 255] and from_file[-2, -2].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("mode, values, expected", [
