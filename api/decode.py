@@ -13,16 +13,16 @@ import json
 import logging
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from detector.data.images import to_rgb_array, upright
 
 logger = logging.getLogger(__name__)
 
 # Pillow's names. GIF and MPO (multi-picture JPEG) give their first frame, as Image.open does.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO")
 _DECODERS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # Pillow opens MPO files with its JPEG decoder
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # The models scale the longer side to at most ``max_size`` (384 for the smallest preset), so a side
 # more than max_size times shorter than the other is scaled to 0 pixels and the forward fails (a 500).
 # 100:1 holds any real photo or panorama and keeps every preset's short side at 3 pixels or more.
@@ -79,18 +79,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     # EOFError, IndexError ...; any of them here means the file, not the server, is broken.
     except Exception as exc:
         raise InvalidImage(f"cannot decode the {img.format} image ({type(exc).__name__}: {exc})") from exc
-    return _to_rgb(_upright(img))
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as they are stored."""
-    try:
-        return ImageOps.exif_transpose(img)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        logger.warning("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
-        return img
+    return to_rgb_array(upright(img))  # the conversion image files get too (detector/data/images.py)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -121,22 +110,6 @@ def _unsupported_message(data: bytes) -> str:
     if found is None:
         return f"not a recognised image; send one of {allowed}"
     return f"{found} images are not supported; send one of {allowed}"
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> np.ndarray[H, W, 3] uint8 (a fresh, writable array)."""
-    if img.mode == "RGB":
-        return np.array(img)
-    if img.mode in _SIXTEEN_BIT_MODES:
-        # 16-bit grey (PNG): keep the top 8 bits. Image.convert would clip at 255 instead.
-        grey = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)  # (H, W)
-        return np.repeat(grey[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels over white, as a viewer shows them, rather than their hidden colour.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.array(img.convert("RGB"))  # L, 1, P, CMYK, YCbCr, F ...
 
 
 class BodySizeLimit:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from api.metrics import Metrics, RequestMetrics
 from api.routes import detect, health, metrics, model, page
 from api.settings import Settings
 from detector.predictor import Predictor
+from detector.weights.catalogue import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def _load(service: Service) -> None:
                 keep_freed_memory=settings.keep_freed_memory,
             )
         if predictor.weights_path is not None:
-            service.weights_sha256 = await asyncio.to_thread(_sha256, Path(predictor.weights_path))
+            service.weights_sha256 = await asyncio.to_thread(sha256_of, Path(predictor.weights_path))
         await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])
     except Exception as exc:
         logger.exception("the model failed to load")
@@ -105,14 +105,6 @@ async def _load(service: Service) -> None:
     service.ready = True
     service.metrics.model_ready.set(1)
     logger.info("ready: %s on %s", predictor.name, predictor.device)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,17 +8,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
+
 # A qualitative palette; a class keeps its colour from image to image.
 _PALETTE = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
 )  # fmt: skip
 _MASK_ALPHA = 110  # of 255
-# COCO person skeleton as pairs of keypoint indices (0 nose ... 16 right ankle).
-_COCO_SKELETON = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
-    (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-)  # fmt: skip
 _KEYPOINT_MIN_SCORE = 0.0  # keypoint scores are heatmap logits: > 0 is "more likely there than not"
 
 
@@ -68,8 +65,8 @@ def _draw_mask(overlay: Image.Image, mask: dict, colour: tuple[int, int, int]) -
 
 def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints: list, colour: tuple[int, int, int], line: int) -> None:
     visible = [(x, y) if score > _KEYPOINT_MIN_SCORE else None for x, y, score in keypoints]
-    if len(keypoints) == 17:
-        for a, b in _COCO_SKELETON:
+    if len(keypoints) == len(COCO_KEYPOINT_NAMES):
+        for a, b in COCO_SKELETON:
             if visible[a] is not None and visible[b] is not None:
                 draw.line((visible[a], visible[b]), fill=colour, width=line)
     radius = line + 1

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
+
 # ---- requests
 
 
@@ -17,7 +19,7 @@ class DetectOptions(BaseModel):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop detections scoring below this")
     max_detections: int = Field(100, ge=1, le=1000, description="keep at most this many, best first")
     classes: str | None = Field(None, description="comma-separated class names to keep (GET /v1/model lists them)")
-    masks: Literal["rle", "polygon", "none"] = Field("rle", description="mask encoding, or none")
+    masks: Literal[MASK_FORMATS] = Field(DEFAULT_MASK_FORMAT, description="mask encoding, or none")
     keypoints: bool = Field(True, description="include keypoints (keypoint models only)")
 
     def class_names(self) -> list[str] | None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 
@@ -15,7 +16,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DETECTOR_", frozen=True)
 
     # The model. Weights go through the engine's loaders (Predictor.from_preset).
-    preset: str = Field("small_r18_fpn", description="model preset name (detector/modeling/presets.py)")
+    preset: str = Field(DEFAULT_PRESET, description="model preset name (detector/modeling/presets.py)")
     weights: str | None = Field(None, description="weights file; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)

@@ -52,6 +52,7 @@ from detector.memory import keep_freed_memory  # noqa: E402
 from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
 from detector.modeling.fuse import bf16_is_fast  # noqa: E402
 from detector.modeling.speeds import SPEEDS  # noqa: E402
+from detector.modeling.preset_names import DEFAULT_PRESET  # noqa: E402
 from detector.modeling.presets import get_preset  # noqa: E402
 from detector.modeling.rcnn import RCNN  # noqa: E402
 from detector.modeling.transform import InputConfig  # noqa: E402
@@ -62,7 +63,7 @@ from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: 
 
 log = logging.getLogger("bench.engine")
 TORCHVISION_MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
-MODELS = (*TORCHVISION_MODELS, "small_r18_fpn")  # the built-in model has no torchvision twin: ours only
+MODELS = (*TORCHVISION_MODELS, DEFAULT_PRESET)  # the built-in model has no torchvision twin: ours only
 STAGES = ("pre", "backbone", "fpn", "rpn", "box", "mask", "keypoint", "post")
 # Hooked modules, by stage: a stage's time is the sum of its modules' forward calls.
 _STAGE_MODULES = {

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import io
 import ipaddress
 import json
@@ -52,6 +51,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the api and detector packages
+
+from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS  # noqa: E402
+from detector.weights.catalogue import sha256_of  # noqa: E402
+
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -187,7 +190,7 @@ class Engine:
                              "one (pass --engine-runs 0)")
         self.predictor = Predictor.from_preset(model["preset"], weights, model["device"], speed=model["speed"])
         path = self.predictor.weights_path
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+        sha256 = sha256_of(path) if path is not None else None
         if sha256 != model["weights_sha256"]:
             raise ValueError(f"the server serves weights with SHA-256 {model['weights_sha256']}, the engine baseline "
                              f"loaded {path} ({sha256}): pass --weights with the server's file")
@@ -336,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="requests sent before the sweep, not counted")
     p.add_argument("--image", type=Path, help="a JPEG to send (default: a synthetic one of --image-size)")
     p.add_argument("--image-size", nargs=2, type=int, default=[480, 640], metavar=("H", "W"))
-    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
+    p.add_argument("--masks", default=DEFAULT_MASK_FORMAT, choices=MASK_FORMATS)
     p.add_argument("--score-threshold", type=float, default=0.5, help="sent with each request (the API's default)")
     p.add_argument("--api-key", help="bearer key, when the service has DETECTOR_API_KEYS set")
     p.add_argument("--timeout-s", type=float, default=120.0, help="per request")

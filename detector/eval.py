@@ -24,7 +24,7 @@ from pathlib import Path
 from detector.evaluation.category_map import label_to_category_id
 from detector.evaluation.coco_eval import CocoEvalResult, evaluate_coco
 from detector.evaluation.coco_results import RESULT_KEY, iou_types_in, load_results, write_results
-from detector.evaluation.distributed import DistContext, finish, gather, init_distributed, shard
+from detector.distributed import DistInfo, finish, gather, init_distributed, shard
 from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported, load_ground_truth
 from detector.evaluation.inference import predict_coco_results
 from detector.evaluation.report import format_category_table, format_voc, metrics_dict
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ctx = init_distributed()
+    ctx, _ = init_distributed(backend="gloo")  # gloo: the results gathered are Python objects on the CPU
     try:
         return _run(args, ctx)
     except ValueError as e:
@@ -81,7 +81,7 @@ def load_predictor(preset: str, weights: Path | None, device: str, speed: str = 
     return Predictor.from_preset(preset, weights, device, speed=speed)
 
 
-def _run(args: argparse.Namespace, ctx: DistContext) -> int:
+def _run(args: argparse.Namespace, ctx: DistInfo) -> int:
     coco_gt = load_ground_truth(args.ann)
     if args.results is not None:
         results = load_results(args.results, coco_gt)
@@ -126,7 +126,7 @@ def _print_report(evaluations: list[CocoEvalResult], voc: VocResult | None, infe
     print(f"timing: inference {inference_text}, scoring {scoring_s:.2f}s")
 
 
-def _predict(args: argparse.Namespace, coco_gt, ctx: DistContext) -> tuple[list[dict], list[str], float]:
+def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dict], list[str], float]:
     """(every rank's results, the IoU types to score, the seconds spent predicting and gathering)."""
     with _blame(f"model {args.model}"):
         try:

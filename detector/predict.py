@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 from detector.data.images import read_image
+from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
+from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import PRESETS
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
-DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
+    p.add_argument("--masks", default=DEFAULT_MASK_FORMAT, choices=MASK_FORMATS)
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     args = p.parse_args(argv)
     if not 0.0 <= args.score_threshold <= 1.0:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from detector import memory
+from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.modeling.fuse import bf16_is_fast
 from detector.modeling.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
@@ -25,8 +26,6 @@ from detector.weights import load_weights
 from detector.weights.catalogue import verify_if_catalogued
 
 log = logging.getLogger(__name__)
-
-MASK_FORMATS = ("rle", "polygon", "none")
 
 
 class Predictor:
@@ -96,7 +95,7 @@ class Predictor:
             return []
         return [d.to("cpu") for d in self._net.predict(tensors)]
 
-    def to_json(self, det: Detections, *, masks: str = "rle", keypoints: bool = True) -> dict:
+    def to_json(self, det: Detections, *, masks: str = DEFAULT_MASK_FORMAT, keypoints: bool = True) -> dict:
         """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",
         "category", "mask"?, "keypoints"?}]}, boxes as [x1, y1, x2, y2] in image pixels; "keypoints" only
         for the detections that have them (the model's keypoint classes)."""

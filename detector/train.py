@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from detector.data.synthetic import ensure_synthetic
+from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import PRESETS, get_preset
 from detector.training import TrainConfig, train
 from detector.training.optim import SCHEDULES
@@ -44,8 +45,8 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small_r18_fpn", choices=sorted(PRESETS), metavar="PRESET",
-                   help="the preset to train (default: small_r18_fpn)")
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"the preset to train (default: {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning)")
     data = p.add_argument_group("data (default: the synthetic set, generated into --synthetic-dir)")
     data.add_argument("--train-images", type=Path, metavar="DIR")
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--iters", type=_positive(int), metavar="N")
     length.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 12")
     sched.add_argument("--batch-size", type=_positive(int), default=2, help="images per process (default: 2)")
-    sched.add_argument("--lr", type=_positive(float), help="default: 0.02 x total batch / 16; small_r18_fpn 0.02")
+    sched.add_argument("--lr", type=_positive(float),
+                       help="default: the preset's recipe (LR_RECIPES in detector/modeling/presets.py), "
+                       "else 0.02 x total batch / 16")
     sched.add_argument("--momentum", type=float, default=0.9)
     sched.add_argument("--weight-decay", type=float, default=1e-4)
     sched.add_argument("--warmup-iters", type=int, metavar="N", help="default: min(1000, a tenth of the schedule)")

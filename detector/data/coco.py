@@ -11,9 +11,6 @@ H x W the image's height and width in pixels.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -22,27 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from detector.data.coco_file import load_coco_file
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES  # noqa: F401 (detector.data.transforms imports it)
 from detector.data.images import read_image
 from detector.structures import Targets
 
 logger = logging.getLogger(__name__)
-
-# COCO's person keypoints, in the order of its annotation files.
-COCO_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-# COCO's person skeleton: pairs of 1-based keypoint indices, as in its category entry.
-COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
-
 
 @dataclass
 class DatasetStats:
@@ -103,7 +88,7 @@ class CocoDataset(Dataset):
         self.transforms = transforms
         if not self.images_dir.is_dir():
             raise ValueError(f"images folder not found: {self.images_dir}")
-        self.coco = load_coco(self.annotation_file)
+        self.coco = load_coco_file(self.annotation_file)
 
         category_ids = sorted(self.coco.cats)
         self.category_id_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
@@ -280,22 +265,3 @@ class CocoDataset(Dataset):
                 )
             out[k] = np.asarray(values, dtype=np.float32).reshape(self.num_keypoints, 3)
         return torch.from_numpy(out)
-
-
-def load_coco(annotation_file: Path) -> COCO:
-    """A pycocotools COCO index of a json file, without pycocotools' prints."""
-    if not annotation_file.is_file():
-        raise ValueError(f"annotation file not found: {annotation_file}")
-    try:
-        with annotation_file.open("rb") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read annotation file {annotation_file}: {error}") from error
-    if not isinstance(data, dict) or not {"images", "categories"} <= data.keys():
-        raise ValueError(f"{annotation_file} is not a COCO annotation file (needs 'images' and 'categories')")
-    data.setdefault("annotations", [])
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco

@@ -1,11 +1,34 @@
-"""Reading image files: Pillow decodes, EXIF orientation is applied, every mode becomes RGB."""
+"""Pillow images -> HWC uint8 RGB arrays, upright: the one conversion, for image files (``read_image``)
+and the service's uploads (``api/decode.py``, which keeps its own limits and errors) alike.
+
+What each mode becomes, as an image viewer shows it:
+- RGB as it is; L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX by Pillow's own conversion.
+- Transparency (RGBA, LA, PA, premultiplied RGBa/La, P with a transparent colour) is composited over
+  white, rather than showing the colour hidden under a transparent pixel.
+- 16-bit grey (I;16, I;16L, I;16B, I;16N) scaled to 8 bits, 65535 -> 255 (round(v / 257)): 0x8000 is
+  mid-grey 128, not clipped to 255 as Pillow's ``convert`` does.
+- I, Pillow's 32-bit container for grey wider than 8 bits (16-bit PGM, SGI and TIFF samples), as
+  16-bit grey: values clipped to [0, 65535], then scaled the same way. Never by the image's own
+  maximum, which would show a dark frame as bright as a light one.
+- F (32-bit float grey, e.g. from TIFF) as float image editors do: 0.0 black, 1.0 white, clipped.
+
+Wide grey goes through a lookup table into 8 bits, never through an int64 or float64 copy.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# 16-bit value -> 8-bit value, round(v / 257): a 64 KiB table indexed by the pixels, so that no wider
+# intermediate than the pixels themselves is made.
+_SIXTEEN_TO_EIGHT = np.round(np.arange(65536) / 257.0).astype(np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -15,24 +38,49 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: no such image file")
     try:
         with Image.open(path) as raw:
-            image = ImageOps.exif_transpose(raw)
-            return np.array(to_rgb(image))
+            raw.load()
+            return to_rgb_array(upright(raw))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any Pillow mode: 16-bit and 32-bit grey are scaled to 8 bits, transparency goes on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image.convert("RGB")
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as they are stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's EXIF parser raises many types on bad data
+        logger.warning("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
+        return image
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> np.ndarray[H, W, 3] uint8, a fresh writable array (see the module's docstring)."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.array(image)
+    if mode.startswith("I;16") or mode == "I":
+        grey = np.array(image)  # (H, W) uint16 (any byte order) or int32
+        if mode == "I":
+            np.clip(grey, 0, 65535, out=grey)
+        return _grey_to_rgb(_SIXTEEN_TO_EIGHT[grey])
+    if mode == "F":
+        grey = np.array(image)  # (H, W) float32
+        np.nan_to_num(grey, copy=False)
+        grey *= 255.0
+        grey += 0.5
+        np.clip(grey, 0.0, 255.0, out=grey)
+        return _grey_to_rgb(grey.astype(np.uint8))
+    if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = (image.convert("LA") if mode == "La" else image).convert("RGBA")  # Pillow has no La -> RGBA
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (H, W, 3) uint8, the grey in each channel."""
+    rgb = np.empty((*grey.shape, 3), dtype=np.uint8)
+    rgb[...] = grey[:, :, None]  # (H, W) -> (H, W, 3)
+    return rgb

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from detector.data.coco import COCO_KEYPOINT_NAMES, COCO_SKELETON
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES, skeleton_1_based
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ CATEGORIES = [
         "name": "person",
         "supercategory": "person",
         "keypoints": list(COCO_KEYPOINT_NAMES),
-        "skeleton": [list(pair) for pair in COCO_SKELETON],
+        "skeleton": skeleton_1_based(),
     },
 ]
 GENERATOR_VERSION = 1  # bump whenever a seed's output changes, so ensure_synthetic regenerates

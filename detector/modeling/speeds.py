@@ -21,7 +21,9 @@ SPEEDS: dict[str, InferenceOptions] = {
 }
 SPEED_NAMES = tuple(SPEEDS)
 DEFAULT_SPEED = "fast"
-# What --speed (predict, eval) and DETECTOR_SPEED (the service) say of the modes.
-SPEED_HELP = ("exact: torchvision's numbers bit for bit; fast (default): the same maths rounded otherwise, "
-              "1.5-1.9x the exact mode on R50 models on CPUs; bf16: approximate, for bf16 hardware "
-              "(detector/modeling/fuse.py)")
+# What --speed (predict, eval) and DETECTOR_SPEED (the service) say of the modes. The figures (how much faster,
+# how far from exact) are measured, so they live with the measurements: the README's Speed section and
+# bench/results/, not here.
+SPEED_HELP = (f"exact: torchvision's numbers bit for bit; fast: the same maths rounded otherwise, faster on CPUs; "
+              f"bf16: approximate, for bf16 hardware (default: {DEFAULT_SPEED}; how much faster: the README's "
+              "Speed section and bench/results/; how: detector/modeling/fuse.py)")

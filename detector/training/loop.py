@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from detector import distributed as dist
 from detector.data.coco import CocoDataset
 from detector.modeling.rcnn import ModelConfig, build_model
 from detector.structures import Targets
-from detector.training import distributed as dist
 from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
                                           remove_stale_temporaries, restore_rng, seed_everything)
 from detector.training.data import TrainingSet, build_loader, label_map_for

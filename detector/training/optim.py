@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from detector.modeling.presets import lr_recipe
+
 SCHEDULES = ("step", "cosine")
 # Normalisation layers keep their scale and shift free of weight decay (Detectron2's WEIGHT_DECAY_NORM = 0):
 # pulling a GroupNorm gain towards zero only fights the layer it feeds.
@@ -56,12 +58,9 @@ class LRSchedule:
 
 
 def default_lr(preset: str, batch_size: int, world_size: int = 1) -> float:
-    """The linear scaling rule of torchvision's recipe, 0.02 for 16 images a step, for the ImageNet-backed
-    presets. small_r18_fpn trains from scratch with GroupNorm, which keeps 0.02 stable at any batch
-    (with the warm-up) and learns the synthetic set much faster than 0.02 * batch / 16."""
-    if preset == "small_r18_fpn":
-        return 0.02
-    return 0.02 * batch_size * world_size / 16
+    """The rate of the preset's recipe (``detector.modeling.presets.LR_RECIPES``) for ``batch_size`` images
+    per process on ``world_size`` processes; torchvision's linear scaling rule for a custom config."""
+    return lr_recipe(preset).lr(batch_size * world_size)
 
 
 def default_warmup_iters(total_iters: int) -> int:

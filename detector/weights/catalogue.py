@@ -45,7 +45,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DETECTOR_CACHE", Path.home() / ".cache" / "detector"))
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read 1 MiB at a time (the weights can be hundreds of MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -74,7 +74,7 @@ def test_modes_are_converted_to_rgb(mode):
         assert (out == 255).all()
 
 
-def test_sixteen_bit_keeps_the_top_byte():
+def test_sixteen_bit_is_scaled_to_eight_bits():
     img = Image.fromarray(np.full((8, 8), 0x8000, np.uint16))  # mid-grey in 16 bits
     out = decode(encode(img, "PNG"))
     assert (out == 0x80).all()

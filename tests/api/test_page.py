@@ -21,7 +21,7 @@ from selenium.webdriver import Chrome
 
 from api.main import create_app
 from api.render import _PALETTE
-from detector.data.coco import COCO_SKELETON
+from detector.data.coco_keypoints import COCO_SKELETON
 from tests.api.browser.chrome import NO_BROWSER, find_browser, start_chrome
 from tests.api.browser.page import SLIDER_POSITIONS, DetectorPage
 from tests.api.browser.server import detect_requests, serve
@@ -144,7 +144,7 @@ def test_the_page_script_agrees_with_the_server(page):
         runs = page.driver.execute_script("return window.detectorPage.decodeRle(arguments[0])", counts)
         assert runs == _runs(mask)
     script = page.driver.execute_script("return window.detectorPage.constants")
-    assert script["skeleton"] == [[a - 1, b - 1] for a, b in COCO_SKELETON]
+    assert script["skeleton"] == [list(pair) for pair in COCO_SKELETON]
     assert script["palette"] == [list(rgb) for rgb in _PALETTE]
 
 

@@ -55,3 +55,19 @@ def test_polygon_masks_are_filled():
     det = {"bbox": [20, 10, 40, 30], "score": 0.5, "label": 3, "category": "triangle", "mask": polygon}
     out = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
     assert out[25, 30].sum() > 0
+
+
+def test_person_keypoints_are_joined_by_the_coco_skeleton():
+    from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
+
+    image = np.zeros((H, W, 3), np.uint8)
+    keypoints = [[0.0, 0.0, -1.0]] * len(COCO_KEYPOINT_NAMES)  # all below threshold ...
+    shoulder, hip = COCO_KEYPOINT_NAMES.index("left_shoulder"), COCO_KEYPOINT_NAMES.index("left_hip")
+    keypoints = [list(p) for p in keypoints]
+    keypoints[shoulder], keypoints[hip] = [40.0, 10.0, 1.0], [40.0, 50.0, 1.0]  # ... but a left flank
+    det = {"bbox": [0, 0, 1, 1], "score": 0.9, "label": 4, "category": "person", "keypoints": keypoints}
+    out = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
+    assert out[30, 40].sum() > 0  # midway: the limb between them
+    keypoints[hip][2] = -1.0  # the hip unseen: no limb
+    out = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
+    assert out[30, 40].sum() == 0

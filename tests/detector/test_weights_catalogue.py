@@ -77,3 +77,12 @@ def test_convert_to_safetensors_keeps_detections_and_eps(tmp_path):
     image = [torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(0))]
     da, db = a.predict(image)[0], b.predict(image)[0]
     assert len(da) > 0 and torch.equal(da.boxes, db.boxes) and torch.equal(da.labels, db.labels)
+
+
+def test_sha256_of_reads_a_file_of_several_chunks(tmp_path):
+    from detector.weights.catalogue import sha256_of
+
+    path = tmp_path / "w.bin"
+    data = bytes(range(256)) * 5000  # 1.2 MiB: more than one 1 MiB read
+    path.write_bytes(data)
+    assert sha256_of(path) == sha256_of(str(path)) == hashlib.sha256(data).hexdigest()
