@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from detector.data.coco_file import load_coco_file
-from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES  # noqa: F401 (detector.data.transforms imports it)
 from detector.data.images import read_image
 from detector.structures import Targets
 

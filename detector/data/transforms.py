@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from detector.data.coco import COCO_KEYPOINT_NAMES
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
 from detector.modeling.transform import resize_ratios, resized_size
 from detector.structures import Targets
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.data.coco import COCO_KEYPOINT_NAMES, CocoDataset, DatasetStats
+from detector.data.coco import CocoDataset, DatasetStats
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
 from detector.data.transforms import hflip
 from tests.tiny_coco import tiny_coco_root
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detector.data.coco import COCO_KEYPOINT_NAMES
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
 from detector.data.transforms import (
     COCO_FLIP_INDICES,
     Compose,
