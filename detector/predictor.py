@@ -16,7 +16,7 @@ import torch
 
 from detector import memory
 from detector.modeling.fuse import bf16_is_fast
-from detector.modeling.mask_paste import paste_masks
+from detector.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
+from detector.mask_paste import masks_to_rle, paste_masks
+
 
 @dataclass
 class Targets:
@@ -76,16 +78,12 @@ class Detections:
 
     def masks(self, threshold: float = 0.5) -> Tensor:
         """Full-image binary masks, Tensor[K, H, W] bool. Memory: K*H*W bytes."""
-        from detector.modeling.mask_paste import paste_masks
-
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
         return paste_masks(self.mask_probs, self.boxes, self.image_size, threshold)
 
     def rle_masks(self, threshold: float = 0.5) -> list[dict]:
         """COCO compressed RLE of each mask, without building full-image masks."""
-        from detector.modeling.mask_paste import masks_to_rle
-
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
         return masks_to_rle(self.mask_probs, self.boxes, self.image_size, threshold)
