@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from api.decode import decode_image
-from api.routes.detect import select
 from api.schemas import DetectOptions
 from detector.predictor import WEIGHTS_DIR
 from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
@@ -304,7 +303,7 @@ def test_simultaneous_requests_of_mixed_sizes_share_passes_and_each_gets_its_own
     options = DetectOptions(**ALL)
     for body, response in zip(bodies, responses):
         image = decode_image(body, max_pixels=10**8)
-        det = select(predictor.predict([image])[0], options.score_threshold, options.max_detections, None)
+        det = predictor.predict([image])[0].select(options.score_threshold, None, options.max_detections)
         alone = predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
         assert (response.json()["width"], response.json()["height"]) == (alone["width"], alone["height"])
         assert response.json()["detections"], "the model finds something at score 0"
