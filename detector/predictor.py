@@ -65,6 +65,16 @@ class Predictor:
         self.has_masks = model.cfg.mask is not None
         self.has_keypoints = model.cfg.keypoint is not None
 
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        """The name of each keypoint, in the order of ``Detections.keypoints``' rows; () without keypoints."""
+        return tuple(self.model.cfg.keypoint_names) if self.has_keypoints else ()
+
+    @property
+    def keypoint_classes(self) -> tuple[str, ...]:
+        """The classes whose detections carry keypoints (``Detections.has_keypoints``); () without keypoints."""
+        return tuple(self.model.cfg.keypoint_classes) if self.has_keypoints else ()
+
     @classmethod
     def from_preset(
         cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
