@@ -22,6 +22,7 @@ from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS
 from detector.structures import Detections
 from detector.weights import load_weights
+from detector.weights.builtin import builtin_weights
 from detector.weights.catalogue import verify_if_catalogued
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class Predictor:
         keep_freed_memory: bool = True,
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
-        preset's built-in weights are used where the project ships them, else the model is random."""
+        preset's built-in weights are used where the project ships them (``detector.weights.builtin``),
+        else the model is random, with a warning; ValueError when this installation lacks the built-in
+        files altogether."""
         model = build_model(get_preset(preset))
         if weights is None:
             weights = builtin_weights(preset)
@@ -140,11 +143,3 @@ def mask_polygons(det: Detections) -> list[list[list[float]]]:
         out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
     return out
 
-
-# The repository's weights/ folder: built-in models ship there as <preset>.safetensors.
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def builtin_weights(preset: str) -> Path | None:
-    path = WEIGHTS_DIR / f"{preset}.safetensors"
-    return path if path.is_file() else None

@@ -14,7 +14,7 @@ from PIL import Image
 
 from api.decode import decode_image
 from api.schemas import DetectOptions
-from detector.predictor import WEIGHTS_DIR
+from detector.weights.builtin import builtin_file
 from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
 from tests.api.serving import as_file, serving
 
@@ -66,7 +66,7 @@ def test_options_filter_and_shape_the_answer(client):
 
 def test_keypoints_only_for_persons(client):
     # The built-in model's sample image: a circle, a triangle and persons above 0.5.
-    sample = (WEIGHTS_DIR / "sample.png").read_bytes()
+    sample = builtin_file("sample.png").read_bytes()
     response = client.post("/detect", files=as_file(sample, "sample.png", "image/png"))
     assert response.status_code == 200, response.text
     found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}

@@ -6,7 +6,7 @@ import torch
 
 from detector.modeling.presets import small_r18_fpn
 from detector.modeling.rcnn import build_model
-from detector.predictor import builtin_weights
+from detector.weights.builtin import builtin_weights
 from detector.training.validation import evaluate, load_validation_set
 from detector.weights import load_weights
 
