@@ -64,7 +64,8 @@ def _within(name: str, prefixes: set[str]) -> bool:
 
 def _existing(names: set[str]) -> set[str]:
     """The names that are modules or packages of this repository (``from a import b``: b may be a function)."""
-    return {n for n in names if (ROOT / (n.replace(".", "/") + ".py")).is_file() or (ROOT / n.replace(".", "/")).is_dir()}
+    return {n for n in names
+            if (ROOT / (n.replace(".", "/") + ".py")).is_file() or (ROOT / n.replace(".", "/")).is_dir()}
 
 
 def _violations(top: str, allowed) -> list[str]:
@@ -118,7 +119,8 @@ def test_the_service_talks_to_the_predictor_not_to_the_model():
     reads = []
     for module, tree in _sources("api").items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr == "model" and ast.unparse(node.value).endswith("predictor"):
+            if (isinstance(node, ast.Attribute) and node.attr == "model"
+                    and ast.unparse(node.value).endswith("predictor")):
                 reads.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
     assert reads == []
 
