@@ -1,7 +1,8 @@
 """pyproject.toml: a wheel built from the repository holds every module and the built-in files, and,
-installed into a fresh venv, serves the built-in model from a working directory outside the repository.
+installed into a fresh venv, serves the built-in model from a working directory outside the repository;
+an editable install (``make install``) reads the built-in files in place.
 
-The venv gets no packages of its own but this wheel: a .pth file lends it the running environment's
+A venv gets no packages of its own but the one installed: a .pth file lends it the running environment's
 site-packages (torch, FastAPI, setuptools, pip) without running that environment's .pth files, so the
 editable install of the repository, if any, stays out of it.
 """
@@ -43,19 +44,23 @@ with TestClient(create_app()) as client:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel, built from a copy of the sources (a build writes build/ and *.egg-info beside them)."""
-    work = tmp_path_factory.mktemp("wheel")
+def sources(tmp_path_factory) -> Path:
+    """A copy of what the build reads (a build writes build/ and *.egg-info beside it)."""
+    src = tmp_path_factory.mktemp("src")
     for name in SOURCES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, work / "src" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            (work / "src").mkdir(exist_ok=True)
-            shutil.copy2(source, work / "src" / name)
+            shutil.copy2(ROOT / name, src / name)
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(sources: Path, tmp_path_factory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", str(work / "dist"), str(work / "src")], cwd=work)
-    (built,) = (work / "dist").glob("detector-*.whl")
+          "-w", str(dist), str(sources)], cwd=dist)
+    (built,) = dist.glob("detector-*.whl")
     return built
 
 
@@ -86,6 +91,19 @@ def test_the_installed_wheel_serves_the_builtin_model_from_any_directory(wheel: 
     repo_file = ROOT / "weights" / f"{model['preset']}.safetensors"  # the default preset's built-in weights
     assert model["weights"] == repo_file.name
     assert model["weights_sha256"] == hashlib.sha256(repo_file.read_bytes()).hexdigest()
+
+
+def test_an_editable_install_reads_the_builtin_files_in_place(sources: Path, tmp_path: Path) -> None:
+    """``make install`` (pip install -e): the code and the built-in files are those of the checkout."""
+    python = _fresh_venv(tmp_path / "venv")
+    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "-q", "-e",
+          str(sources)], cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    show = ("import detector; from detector.weights.builtin import builtin_weights; "
+            "print(detector.__file__, builtin_weights('small_r18_fpn'))")
+    code, weights = _run([str(python), "-c", show], cwd=tmp_path, env=env).split()
+    assert Path(code) == sources / "detector" / "__init__.py"
+    assert Path(weights) == sources / "weights" / "small_r18_fpn.safetensors"
 
 
 def _fresh_venv(path: Path) -> Path:
