@@ -77,6 +77,8 @@ class ModelInfoResponse(BaseModel):
     masks: bool = Field(description="the model predicts masks")
     keypoints: bool = Field(description="the model predicts keypoints")
     keypoint_classes: list[str] = Field(description="the classes whose detections carry keypoints (empty without)")
+    keypoint_names: list[str] = Field(description="the name of each keypoint, in the order of a detection's "
+                                      "keypoints (empty without)")
     weights: str | None = Field(description="weights file name, or null for random initialisation")
     weights_sha256: str | None
     device: str

@@ -10,7 +10,7 @@ small_r18_fpn, the built-in model, has no torchvision twin: it runs alone, with 
 and the fast modes are compared with the exact one ("vs ex" in the table: how many times faster).
 
 Both models get the same random weights (torchvision's COCO layout, FrozenBN with eps = 0, as for its
-checkpoints; see tests/detector/modeling/parity_utils.py) and the same images; their score
+checkpoints; see bench/reference.py) and the same images; their score
 distributions are such that each image gives the full 100 detections, as a busy COCO image does.
 "end to end" includes what a service needs: masks as COCO RLE (torchvision: paste 100 full-image
 masks, then encode; ours: encode from the boxes). Stages are timed with forward hooks on our modules:
@@ -59,7 +59,7 @@ from detector.modeling.transform import InputConfig  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
 from detector.weights.loading import TORCHVISION_FROZEN_BN_EPS, load_state_dict_strict  # noqa: E402
 from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
-from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: E402
+from bench.reference import torchvision_reference  # noqa: E402
 
 log = logging.getLogger("bench.engine")
 TORCHVISION_MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")

@@ -32,7 +32,7 @@ from bench.machine import cpu_info  # noqa: E402
 from detector.data.images import read_image  # noqa: E402
 from detector.modeling.transform import resized_size  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
-from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: E402
+from bench.reference import torchvision_reference  # noqa: E402
 
 MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
 TINY_COCO = ROOT.parent / "shared" / "data" / "tiny_coco"

@@ -199,14 +199,13 @@ class Engine:
     def once(self, body: bytes, params: dict) -> float:
         """Seconds of predict, select and encode (as POST /detect does) on the image in ``body``."""
         from api.decode import decode_image
-        from api.routes.detect import select
         from api.schemas import DetectOptions
 
         options = DetectOptions(**params)
         image = decode_image(body, max_pixels=sys.maxsize)
         started = time.perf_counter()
         det = self.predictor.predict([image])[0]
-        det = select(det, options.score_threshold, options.max_detections, None)
+        det = det.select(options.score_threshold, None, options.max_detections)
         self.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
         return time.perf_counter() - started
 

@@ -3,7 +3,7 @@
     python bench/train.py --models maskrcnn_r50_fpn --size 320 416 --batch 2 --iters 5 --threads 2
 
 Both models start from the same random weights (torchvision's COCO layout, FrozenBN, 3 trainable
-stages; see tests/detector/modeling/parity_utils.py) and take SGD steps (lr 1e-3, momentum 0.9,
+stages; see bench/reference.py) and take SGD steps (lr 1e-3, momentum 0.9,
 gradients clipped at norm 10: random weights start with large losses) on the
 same synthetic batches: a few boxes per image with their masks and keypoints, images already at their
 training size (torchvision's transform is set not to resize them). The two take turns at every step,
@@ -30,7 +30,7 @@ from detector.modeling.transform import InputConfig  # noqa: E402
 from detector.structures import Targets  # noqa: E402
 from detector.weights.loading import load_state_dict_strict  # noqa: E402
 from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
-from tests.detector.modeling.parity_utils import torchvision_reference  # noqa: E402
+from bench.reference import torchvision_reference  # noqa: E402
 
 MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
 CLIP_GRAD_NORM = 10.0

@@ -17,12 +17,13 @@ import torch
 from detector import memory
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.modeling.fuse import bf16_is_fast
-from detector.modeling.mask_paste import paste_masks
+from detector.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS
 from detector.structures import Detections
 from detector.weights import load_weights
+from detector.weights.builtin import builtin_weights
 from detector.weights.catalogue import verify_if_catalogued
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,25 @@ class Predictor:
         self.has_masks = model.cfg.mask is not None
         self.has_keypoints = model.cfg.keypoint is not None
 
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        """The name of each keypoint, in the order of ``Detections.keypoints``' rows; () without keypoints."""
+        return tuple(self.model.cfg.keypoint_names) if self.has_keypoints else ()
+
+    @property
+    def keypoint_classes(self) -> tuple[str, ...]:
+        """The classes whose detections carry keypoints (``Detections.has_keypoints``); () without keypoints."""
+        return tuple(self.model.cfg.keypoint_classes) if self.has_keypoints else ()
+
     @classmethod
     def from_preset(
         cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
         keep_freed_memory: bool = True,
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
-        preset's built-in weights are used where the project ships them, else the model is random."""
+        preset's built-in weights are used where the project ships them (``detector.weights.builtin``),
+        else the model is random, with a warning; ValueError when this installation lacks the built-in
+        files altogether."""
         model = build_model(get_preset(preset))
         if weights is None:
             weights = builtin_weights(preset)
@@ -129,11 +142,3 @@ def mask_polygons(det: Detections) -> list[list[list[float]]]:
         out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
     return out
 
-
-# The repository's weights/ folder: built-in models ship there as <preset>.safetensors.
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def builtin_weights(preset: str) -> Path | None:
-    path = WEIGHTS_DIR / f"{preset}.safetensors"
-    return path if path.is_file() else None

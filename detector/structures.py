@@ -9,10 +9,13 @@ H x W the image's height and width in pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
+
+from detector.mask_paste import masks_to_rle, paste_masks
 
 
 @dataclass
@@ -74,18 +77,25 @@ class Detections:
     def to(self, device: torch.device | str) -> Detections:
         return _map_tensors(self, lambda t: t.to(device))
 
+    def select(self, score_threshold: float = 0.0, labels: Sequence[int] | None = None,
+               max_detections: int | None = None) -> Detections:
+        """The detections scoring at least ``score_threshold`` with a label in ``labels`` (every label
+        when None), best first, at most ``max_detections`` (all when None)."""
+        keep = self.scores >= score_threshold  # (K,) bool
+        if labels is not None:
+            keep &= torch.isin(self.labels, torch.as_tensor(labels, dtype=self.labels.dtype, device=self.labels.device))
+        index = keep.nonzero().flatten()  # (K',)
+        index = index[self.scores[index].argsort(descending=True)][:max_detections]  # (min(K', max),)
+        return self[index]
+
     def masks(self, threshold: float = 0.5) -> Tensor:
         """Full-image binary masks, Tensor[K, H, W] bool. Memory: K*H*W bytes."""
-        from detector.modeling.mask_paste import paste_masks
-
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
         return paste_masks(self.mask_probs, self.boxes, self.image_size, threshold)
 
     def rle_masks(self, threshold: float = 0.5) -> list[dict]:
         """COCO compressed RLE of each mask, without building full-image masks."""
-        from detector.modeling.mask_paste import masks_to_rle
-
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
         return masks_to_rle(self.mask_probs, self.boxes, self.image_size, threshold)

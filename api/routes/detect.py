@@ -6,7 +6,6 @@ import time
 
 import anyio
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Request, Response
 
 from api.batcher import BatcherError
@@ -87,19 +86,8 @@ def _labels(service: Service, options: DetectOptions) -> list[int] | None:
 
 
 def _encode(service: Service, det: Detections, options: DetectOptions, labels: list[int] | None) -> dict:
-    det = select(det, options.score_threshold, options.max_detections, labels)
+    det = det.select(options.score_threshold, labels, options.max_detections)
     return service.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
-
-
-def select(det: Detections, score_threshold: float, max_detections: int, labels: list[int] | None) -> Detections:
-    """The detections scoring at least ``score_threshold`` with a label in ``labels`` (all when None),
-    best first, at most ``max_detections``."""
-    keep = det.scores >= score_threshold  # (K,) bool
-    if labels is not None:
-        keep &= torch.isin(det.labels, torch.as_tensor(labels, dtype=det.labels.dtype, device=det.labels.device))
-    index = keep.nonzero().flatten()  # (K',)
-    index = index[det.scores[index].argsort(descending=True)][:max_detections]
-    return det[index]
 
 
 def _server_timing(timings: Timings) -> str:

@@ -12,14 +12,15 @@ router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
 
 @router.get("/v1/model", response_model=ModelInfoResponse, responses=errors(401, 503))
 async def model_info(service: ReadyServiceDep) -> ModelInfoResponse:
-    """The preset, its classes, the weights file and its SHA-256, and the device."""
+    """The preset, its classes and keypoints, the weights file and its SHA-256, the device and speed."""
     predictor = service.predictor
     return ModelInfoResponse(
         preset=predictor.name,
         classes=list(predictor.class_names),
         masks=predictor.has_masks,
         keypoints=predictor.has_keypoints,
-        keypoint_classes=list(predictor.model.cfg.keypoint_classes) if predictor.has_keypoints else [],
+        keypoint_classes=list(predictor.keypoint_classes),
+        keypoint_names=list(predictor.keypoint_names),
         weights=predictor.weights_path.name if predictor.weights_path is not None else None,
         weights_sha256=service.weights_sha256,
         device=str(predictor.device),

@@ -27,10 +27,11 @@ def load_validation_set(images_dir: Path, annotation_file: Path) -> COCO:
 def evaluate(model: RCNN, coco_gt: COCO, images_dir: Path, *, device: torch.device, name: str,
              batch_size: int = 2) -> dict[str, dict[str, float]]:
     """{iou type: pycocotools' stats by name} for boxes, and masks and keypoints where the model and the
-    annotations have them. Leaves the model in training mode."""
+    annotations have them. The model as trained runs (speed "exact"), not a fast copy: the figures are
+    those of the weights saved beside them. Leaves the model in training mode."""
     from detector.predictor import Predictor  # the predictor sits above the training code
 
-    predictor = Predictor(model, device=device, name=name)
+    predictor = Predictor(model, device=device, name=name, speed="exact")
     mapping = label_to_category_id(predictor.class_names, coco_gt.dataset["categories"])
     iou_types = ["bbox"] + ["segm"] * predictor.has_masks
     if predictor.has_keypoints and keypoint_category_ids(coco_gt):

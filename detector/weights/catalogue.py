@@ -18,9 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detector.weights.builtin import builtin_file
+
 log = logging.getLogger(__name__)
 
-CATALOGUE_FILE = Path(__file__).resolve().parents[2] / "weights" / "catalogue.json"
+CATALOGUE_NAME = "catalogue.json"  # one of the built-in files (detector.weights.builtin)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class Entry:
     sha256: str | None = None
 
 
-def load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, Entry]:
+def load_catalogue(path: Path | None = None) -> dict[str, Entry]:
+    """The entries of ``path``, by default the catalogue that ships with the package."""
+    path = path if path is not None else builtin_file(CATALOGUE_NAME)
     return {name: Entry(name=name, **fields) for name, fields in json.loads(path.read_text()).items()}
 
 

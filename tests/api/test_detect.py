@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from api.decode import decode_image
-from api.routes.detect import select
 from api.schemas import DetectOptions
-from detector.predictor import WEIGHTS_DIR
+from detector.weights.builtin import builtin_file
 from tests.api.api_images import encode, gradient, jpeg, jpeg_with_orientation, png, png_header_only
 from tests.api.serving import as_file, serving
 
@@ -67,7 +66,7 @@ def test_options_filter_and_shape_the_answer(client):
 
 def test_keypoints_only_for_persons(client):
     # The built-in model's sample image: a circle, a triangle and persons above 0.5.
-    sample = (WEIGHTS_DIR / "sample.png").read_bytes()
+    sample = builtin_file("sample.png").read_bytes()
     response = client.post("/detect", files=as_file(sample, "sample.png", "image/png"))
     assert response.status_code == 200, response.text
     found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}
@@ -304,7 +303,7 @@ def test_simultaneous_requests_of_mixed_sizes_share_passes_and_each_gets_its_own
     options = DetectOptions(**ALL)
     for body, response in zip(bodies, responses):
         image = decode_image(body, max_pixels=10**8)
-        det = select(predictor.predict([image])[0], options.score_threshold, options.max_detections, None)
+        det = predictor.predict([image])[0].select(options.score_threshold, None, options.max_detections)
         alone = predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
         assert (response.json()["width"], response.json()["height"]) == (alone["width"], alone["height"])
         assert response.json()["detections"], "the model finds something at score 0"

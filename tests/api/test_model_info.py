@@ -21,6 +21,7 @@ def test_model_info(client, predictor):
     assert info["classes"] == predictor.class_names and info["classes"][0] == "__background__"
     assert (info["masks"], info["keypoints"], info["device"]) == (True, True, "cpu")
     assert info["keypoint_classes"] == ["person"]
+    assert len(info["keypoint_names"]) == 17 and info["keypoint_names"][:3] == ["nose", "left_eye", "right_eye"]
     # The preset's built-in weights (weights/small_r18_fpn.safetensors) when the repository ships them.
     if predictor.weights_path is None:
         assert info["weights"] is None and info["weights_sha256"] is None

@@ -243,7 +243,7 @@ def test_model_results_on_real_coco_images_are_torchvisions(tmp_path, capsys):
 
     from detector.data.images import read_image
     from detector.evaluation.ground_truth import load_ground_truth
-    from tests.detector.modeling.parity_utils import torchvision_reference
+    from bench.reference import torchvision_reference
     from tests.tiny_coco import tiny_coco_root
 
     root = tiny_coco_root()

@@ -6,7 +6,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from detector.predict import main
-from detector.predictor import WEIGHTS_DIR
+from detector.weights.builtin import builtin_file
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_writes_one_object_per_image_in_the_schema(tmp_path, image_file):
 def test_keypoints_only_for_persons(tmp_path):
     # The built-in model's sample image: a circle, a triangle and persons above 0.5.
     out = tmp_path / "out.json"
-    assert main(["--model", "small_r18_fpn", "--out", str(out), str(WEIGHTS_DIR / "sample.png")]) == 0
+    assert main(["--model", "small_r18_fpn", "--out", str(out), str(builtin_file("sample.png"))]) == 0
     (result,) = json.loads(out.read_text())
     found = {(d["category"], "keypoints" in d) for d in result["detections"]}
     assert found == {("circle", False), ("triangle", False), ("person", True)}

@@ -14,7 +14,7 @@ from detector.weights import load_weights
 from detector.weights.__main__ import main
 from detector.weights.catalogue import Entry, download, load_catalogue
 from detector.weights.loading import frozen_bn_eps_of
-from tests.detector.modeling.parity_utils import torchvision_reference
+from bench.reference import torchvision_reference
 
 
 def _entry(path, digest, **kw):

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.routes.detect import select
 from tests.api.api_images import encode, gradient, jpeg, png
 from tests.api.serving import serving
 from tests.reliability import corpus as c
@@ -210,7 +209,7 @@ def test_other_methods_and_paths(client):
 def test_multi_frame_files_give_the_first_frames_detections(client, predictor, fmt):
     data, first_frame = c.animated(fmt)
     response = _check(client, "/detect", Case(f"animated-{fmt}", lambda: upload(data, f"a.{fmt.lower()}"), 200))
-    expected = predictor.to_json(select(predictor.predict([first_frame])[0], 0.0, 1000, None))
+    expected = predictor.to_json(predictor.predict([first_frame])[0].select())
     assert {k: response.json()[k] for k in ("width", "height", "detections")} == expected
 
 
@@ -235,7 +234,7 @@ def upright(predictor) -> tuple[np.ndarray, dict]:
     """An asymmetric image (white block top-left of centre) and its detections, from the model directly."""
     image = np.array(gradient(64, 40))
     image[6:20, 10:30] = 255
-    return image, predictor.to_json(select(predictor.predict([image])[0], 0.0, 1000, None))
+    return image, predictor.to_json(predictor.predict([image])[0].select())
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -5,7 +5,7 @@ touches the model being trained.
 Measured on this CPU (AVX2; 1 and 2 threads), "fast" (BN folded, fused bottlenecks, channels-last,
 NNPACK) against "exact":
 - small_r18_fpn, random init: boxes within 1.2e-4 px, scores within 5e-7 (tested at 5e-3 px, 1e-4);
-- maskrcnn_r50_fpn with parity_utils' random weights at 320 px: features within 4e-6 relative, same
+- maskrcnn_r50_fpn with bench/reference.py's random weights at 320 px: features within 4e-6 relative, same
   detections and labels, boxes within 0.31-0.65 px (median 0.004-0.007 px), scores within 1.3e-3
   (tested at 1 px, 5e-3). Those weights regress boxes far more than trained ones, so rounding-level
   changes in the features move boxes ~1000x more than on small_r18_fpn; folding BN alone gives 0.21 px.
@@ -34,7 +34,7 @@ from detector.predictor import Predictor
 from detector.structures import Targets
 from detector.weights.loading import load_state_dict_strict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict
-from tests.detector.modeling.parity_utils import torchvision_reference
+from bench.reference import torchvision_reference
 
 BOX_TOL = 1.0  # px, random-weight R50 at 320 px; measured: 0.31-0.65 (median 0.004-0.007)
 SCORE_TOL = 5e-3  # measured: 1.3e-3

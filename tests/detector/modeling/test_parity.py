@@ -1,7 +1,7 @@
 """Same weights, same images: our models give torchvision's detections.
 
 torchvision's models are composed as its builders do when loading COCO checkpoints (FrozenBatchNorm),
-with random weights under a fixed seed; see parity_utils.
+with random weights under a fixed seed; see bench/reference.py.
 """
 
 from dataclasses import replace
@@ -17,7 +17,7 @@ from detector.modeling.transform import InputConfig
 from detector.weights import load_weights
 from detector.weights.loading import load_state_dict_strict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict
-from tests.detector.modeling.parity_utils import torchvision_reference
+from bench.reference import torchvision_reference
 from tests.tiny_coco import tiny_coco_root
 
 BOX_TOL = 1e-3  # pixels; reached: 0.0 (bit-identical) on this CPU
@@ -110,7 +110,7 @@ def test_pasted_masks_match_torchvision_paste():
     boxes = torch.cat([xy, xy + 5 + torch.rand(20, 2, generator=g) * 60], dim=1)
     boxes = clip_boxes_to_image(boxes, (120, 160))  # as detections are
     ref = paste_masks_in_image(probs[:, None], boxes, (120, 160), padding=1)[:, 0] > 0.5
-    from detector.modeling.mask_paste import paste_masks
+    from detector.mask_paste import paste_masks
 
     assert torch.equal(paste_masks(probs, boxes, (120, 160)), ref)
 

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from detector.modeling.keypoint_head import KeypointHeadConfig
 from detector.modeling.presets import PRESETS, get_preset, small_r18_fpn
 from detector.modeling.rcnn import RCNN, ModelConfig
-from detector.predictor import WEIGHTS_DIR
+from detector.weights.builtin import builtin_file
 from detector.weights import load_weights
 from detector.modeling.transform import InputConfig
 
@@ -70,9 +70,9 @@ def test_detections_are_in_the_input_images_pixels():
 def test_only_persons_get_keypoints_and_in_image_pixels():
     # The built-in model on its sample image finds circles, triangles and persons; a random one, persons only.
     model = RCNN(small_r18_fpn()).eval()
-    load_weights(model, WEIGHTS_DIR / "small_r18_fpn.safetensors")
+    load_weights(model, builtin_file("small_r18_fpn.safetensors"))
     assert model.cfg.keypoint_classes == ("person",) and model.cfg.keypoint_labels == (4,)
-    image = torch.from_numpy(np.array(Image.open(WEIGHTS_DIR / "sample.png").convert("RGB"))).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(Image.open(builtin_file("sample.png")).convert("RGB"))).permute(2, 0, 1)
     (det,) = model.predict([image])
     person = det.labels == 4
     assert person.any() and (~person).any()
@@ -102,7 +102,7 @@ def test_keypoint_classes_leave_the_state_dict_keys_as_they_are():
     # The built-in weights (weights/small_r18_fpn.safetensors) were saved before keypoint_classes.
     keys = set(RCNN(small_r18_fpn()).state_dict())
     assert keys == set(RCNN(replace(small_r18_fpn(), keypoint_classes=("square", "person"))).state_dict())
-    with safe_open(str(WEIGHTS_DIR / "small_r18_fpn.safetensors"), "pt") as f:
+    with safe_open(str(builtin_file("small_r18_fpn.safetensors")), "pt") as f:
         assert set(f.keys()) == keys
 
 

@@ -1,4 +1,5 @@
-"""Building torchvision's reference detection models with random (seeded) weights, for parity tests."""
+"""torchvision's reference detection models with random (seeded) weights: what ours is compared with,
+in the benchmarks (engine.py, train.py) and the parity tests (tests/detector/modeling/)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Pasting follows Mask R-CNN's reference (Detectron, torchvision): the mask is padded by one pixel, its box
 grown to match and rounded to whole pixels, the mask resized bilinearly to the box and thresholded.
 ``masks_to_rle`` encodes each mask from its box alone, so a service never holds K full-image masks.
+It sits below ``detector.modeling`` beside ``detector.structures``, whose ``Detections.masks()`` and
+``rle_masks()`` call it: the model gives box-relative probabilities, pasting them is for its users.
 Shape shorthand: K detections, M mask resolution, H x W the image.
 """
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-from detector.modeling.mask_paste import masks_to_rle, paste_mask_probs, paste_masks
+from detector.mask_paste import masks_to_rle, paste_mask_probs, paste_masks
 
 
 def _case(seed=0, k=12, size=(70, 90)):
