@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from detector.modeling.presets import COCO_KEYPOINTS, small_r18_fpn
+from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
+from detector.modeling.presets import small_r18_fpn
 from detector.modeling.rcnn import build_model
 from detector.predictor import Predictor
 
@@ -13,7 +14,7 @@ def test_the_predictor_names_its_classes_and_keypoints():
     predictor = Predictor(build_model(small_r18_fpn()), speed="exact", keep_freed_memory=False)
     assert predictor.class_names == ["__background__", "circle", "square", "triangle", "person"]
     assert (predictor.has_masks, predictor.has_keypoints) == (True, True)
-    assert predictor.keypoint_names == COCO_KEYPOINTS and predictor.keypoint_classes == ("person",)
+    assert predictor.keypoint_names == COCO_KEYPOINT_NAMES and predictor.keypoint_classes == ("person",)
 
 
 def test_a_model_without_keypoints_has_no_keypoint_names_or_classes():
