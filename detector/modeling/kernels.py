@@ -5,7 +5,8 @@ them. So nothing else in detector calls them. Each function here looks its op up
 this torch lacks it or it raises, computes the same thing with public ops (``F.conv2d``, ``F.relu``)
 and says so with a RuntimeWarning (shown once per message by Python's default filter): a fallback is
 slower, never different beyond float rounding (tests/detector/modeling/test_kernels.py forces it).
-Private ops run only on float32 CPU tensors without autograd; anything else takes the public ops.
+Private ops run only on float32 CPU tensors without autograd or autocast; anything else takes the
+public ops.
 
 - NNPACK's Winograd convolution (``torch._nnpack_spatial_convolution``, ``torch._nnpack_available``):
   3x3 stride-1 convolutions on the CPU, faster than oneDNN on wide convs over large maps only
@@ -61,7 +62,9 @@ def _call(name: str, compute: Callable[[Callable], Tensor], fallback: Callable[[
 
 
 def _private_runs_on(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+    """Float32 CPU inference; under autocast the public ops, which autocast knows, run in its dtype."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def nnpack_available() -> bool:

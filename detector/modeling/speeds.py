@@ -1,5 +1,5 @@
 """The inference speed modes, by name (``Predictor(speed=...)``, ``--speed``); what each option does is
-in ``detector.modeling.fuse``. Without torch, so that the command lines can list them before importing it."""
+in ``detector.modeling.fast_inference``. Without torch, so that the command lines can list them before importing it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    fuse_bn: bool = False
-    channels_last: bool = False
-    nnpack: bool = False
-    bf16: bool = False
+    """What ``RCNN.optimize_for_inference`` changes; every default is the exact model's own path."""
+
+    fuse_bn: bool = False  # fold FrozenBN into the convs; residual blocks' ReLUs and adds as conv post-ops
+    channels_last: bool = False  # NHWC trunk, FPN and RPN head: oneDNN reads it without reordering
+    nnpack: bool = False  # NNPACK's Winograd 3x3 convs where they pay; the RPN head's 1x1 convs as a matmul
+    bf16: bool = False  # bfloat16 autocast for convs and linear layers: approximate, for bf16 hardware
 
 
 SPEEDS: dict[str, InferenceOptions] = {
@@ -24,4 +26,4 @@ DEFAULT_SPEED = "fast"
 # What --speed (predict, eval) and DETECTOR_SPEED (the service) say of the modes.
 SPEED_HELP = ("exact: torchvision's numbers bit for bit; fast (default): the same maths rounded otherwise, "
               "1.5-1.9x the exact mode on R50 models on CPUs; bf16: approximate, for bf16 hardware "
-              "(detector/modeling/fuse.py)")
+              "(detector/modeling/fast_inference.py)")

@@ -199,6 +199,18 @@ def test_fast_r50_gives_the_exact_detections(r50):
         assert f.mask_probs is not None and f.mask_probs.shape == e.mask_probs.shape
 
 
+def test_fast_r50_without_private_ops_gives_the_exact_detections(r50, monkeypatch):
+    """As on a torch whose private ops are gone: every kernel takes its public fallback."""
+    fast = r50.optimize_for_inference()
+    for name in kernels.PRIVATE_OPS:
+        monkeypatch.setitem(kernels.PRIVATE_OPS, name, _missing)
+    with pytest.warns(RuntimeWarning, match="public ops"):
+        out = fast.predict(_images(1))
+    exact = r50.predict(_images(1))
+    assert len(exact[0]) > 10
+    assert_same_detections(exact, out)
+
+
 def test_fast_small_preset_gives_the_exact_detections(small):
     fast = small.optimize_for_inference()  # GroupNorm: nothing to fold, channels-last and NNPACK only
     assert not fast.inference_only
