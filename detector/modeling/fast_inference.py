@@ -113,11 +113,10 @@ def inference_conv(conv: nn.Conv2d, options: InferenceOptions, *, norm: nn.Modul
     fold = options.fuse_bn and isinstance(norm, FrozenBatchNorm2d)
     nnpack = options.nnpack and _nnpack_eligible(conv) and kernels.nnpack_available()
     kernel = "nnpack" if nnpack else "post_ops" if fold and kernels.fused_conv_available() else "conv2d"
+    nhwc = (options.channels_last if channels_last is None else channels_last) and not nnpack
     weight, bias = fold_conv_bn(conv, norm) if fold else (conv.weight, conv.bias)
-    layout = torch.contiguous_format if nnpack or not (options.channels_last if channels_last is None else channels_last) \
-        else torch.channels_last
-    weight = _in_layout(weight, layout)
-    if not isinstance(bias, nn.Parameter) and bias is not None:
+    weight = _in_layout(weight, torch.channels_last if nhwc else torch.contiguous_format)
+    if bias is not None and not isinstance(bias, nn.Parameter):  # folded
         bias = nn.Parameter(bias, requires_grad=False)
     norm = None if fold or norm is None else shared_copy(norm)
     return InferenceConv2d(conv, weight, bias, norm=norm, relu=relu, kernel=kernel)
