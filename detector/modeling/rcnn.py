@@ -157,9 +157,12 @@ class RCNN(nn.Module):
         train (``forward`` raises) and its state_dict has other keys: save and train the original.
 
         Each block builds its own inference form; what a form leaves as it is (the box head, the poolers,
-        NNPACK's convs, GroupNorms...) shares this model's tensors rather than copying them."""
+        NNPACK's convs, GroupNorms...) shares this model's tensors rather than copying them: training this
+        model moves those in the copy too, so optimise it again after training."""
         from detector.modeling.fast_inference import shared_copy  # not imported by the exact path
 
+        if self.inference_options != InferenceOptions():
+            raise ValueError(f"this model is already optimised ({self.inference_options}): optimise the original")
         options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last, nnpack=nnpack and not bf16, bf16=bf16)
         fast = shared_copy(self)
         fast.backbone = self.backbone.for_inference(options)

@@ -129,6 +129,22 @@ def test_folded_r50_trunk_in_float32_is_close_with_private_kernels_and_without(m
         assert ((e - p).abs().max() / e.abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("norm, kind", [("gn", nn.GroupNorm), ("bn", nn.BatchNorm2d)])
+def test_norms_that_train_stay_after_their_convs(norm, kind):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(BackboneConfig(arch="resnet18", norm=norm)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    trunk = backbone.for_inference(InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True))
+    convs = [m for m in trunk.modules() if isinstance(m, InferenceConv2d)]
+    assert len(convs) == 20 and all(isinstance(c.norm, kind) for c in convs)
+    # The norms are copies holding the same tensors: nothing of the trunk's weights is duplicated.
+    storages = {t.untyped_storage().data_ptr() for t in [*backbone.parameters(), *backbone.buffers()]}
+    assert all(t.untyped_storage().data_ptr() in storages for c in convs for t in c.norm.parameters())
+    with torch.inference_mode():
+        for a, b in zip(backbone(x), trunk(x.contiguous(memory_format=torch.channels_last))):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
 def _missing():
     raise AttributeError("no such op in this torch")
 
@@ -249,6 +265,8 @@ def test_the_original_model_is_untouched_and_can_still_train(r50, small):
                      masks=torch.zeros(1, 128, 128, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="optimised for inference"):
         fast([torch.rand(3, 128, 128)], [target])
+    with pytest.raises(ValueError, match="already optimised"):
+        fast.optimize_for_inference()
     # A GroupNorm model's optimised copy has nothing folded: channels-last only, and it trains.
     copy = small.optimize_for_inference()
     copy.train()
