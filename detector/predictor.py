@@ -55,8 +55,11 @@ class Predictor:
             memory.keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.speed = speed
-        if speed == "bf16" and not _bf16_is_fast(self.device):
-            log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
+        if speed == "bf16":
+            from detector.modeling.kernels import bf16_is_fast  # only this mode asks torch's private ops
+
+            if not bf16_is_fast(self.device):
+                log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
         self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
@@ -128,12 +131,6 @@ def mask_polygons(det: Detections) -> list[list[list[float]]]:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
     return out
-
-
-def _bf16_is_fast(device: torch.device) -> bool:
-    from detector.modeling.kernels import bf16_is_fast  # only the bf16 mode needs torch's private ops
-
-    return bf16_is_fast(device)
 
 
 # The repository's weights/ folder: built-in models ship there as <preset>.safetensors.
