@@ -82,7 +82,7 @@ class ModelInfoResponse(BaseModel):
     weights: str | None = Field(description="weights file name, or null for random initialisation")
     weights_sha256: str | None
     device: str
-    speed: str = Field(description="exact, fast or bf16 (detector/modeling/fuse.py)")
+    speed: str = Field(description="exact, fast or bf16 (detector/modeling/fast_inference.py)")
     max_batch_size: int
 
 

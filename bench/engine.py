@@ -50,7 +50,7 @@ from torchvision.ops import box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.memory import keep_freed_memory  # noqa: E402
 from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
-from detector.modeling.fuse import bf16_is_fast  # noqa: E402
+from detector.modeling.kernels import bf16_is_fast  # noqa: E402
 from detector.modeling.speeds import SPEEDS  # noqa: E402
 from detector.modeling.preset_names import DEFAULT_PRESET  # noqa: E402
 from detector.modeling.presets import get_preset  # noqa: E402

@@ -16,7 +16,6 @@ import torch
 
 from detector import memory
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
-from detector.modeling.fuse import bf16_is_fast
 from detector.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
@@ -34,8 +33,8 @@ class Predictor:
     detections bit for bit); "fast" (default) folds FrozenBN into the convs, runs the trunk channels-last
     and wide 3x3 convs over large maps with NNPACK: the same maths, rounded otherwise, so the same detections up to float
     rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
-    run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training), and
-    its weights are held twice."""
+    run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training); the
+    copy holds new tensors only where it changes them (folded convs, other layouts) and shares the rest."""
 
     def __init__(
         self,
@@ -56,8 +55,11 @@ class Predictor:
             memory.keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.speed = speed
-        if speed == "bf16" and not bf16_is_fast(self.device):
-            log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
+        if speed == "bf16":
+            from detector.modeling.kernels import bf16_is_fast  # only this mode asks torch's private ops
+
+            if not bf16_is_fast(self.device):
+                log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
         self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None

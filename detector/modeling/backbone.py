@@ -16,7 +16,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torchvision import models
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
+
+from detector.modeling.speeds import InferenceOptions
 
 # name -> torchvision constructor. ResNeXt-101 64x4d is as in torchvision (the Detectron2 X-101 64x4d).
 ARCHITECTURES = {
@@ -84,12 +87,46 @@ class ResNetBackbone(nn.Module):
         c5 = self.layer4(c4)
         return [c2, c3, c4, c5]
 
+    def for_inference(self, options: InferenceOptions) -> nn.Module:
+        """This trunk at inference under ``options`` (``detector.modeling.fast_inference``): the stem and
+        each block rebuilt from their (conv, norm) pairs, FrozenBN folded in where ``options.fuse_bn``;
+        the tensors it does not change are shared with this trunk, which is left as it is."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        stem = fast.inference_conv(self.conv1, options, norm=self.bn1, relu=True)
+        stages = [nn.Sequential(*(_block_for_inference(b, options) for b in stage))
+                  for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        return fast.ResNetTrunk(stem, fast.shared_copy(self.maxpool), stages)
+
+    @property
+    def has_frozen_bn(self) -> bool:
+        """Whether its norms are FrozenBatchNorm2d, which ``for_inference`` can fold into the convs."""
+        return isinstance(self.bn1, FrozenBatchNorm2d)
+
+
+def _block_for_inference(block: nn.Module, options: InferenceOptions) -> nn.Module:
+    """A torchvision BasicBlock or Bottleneck at inference: its (conv, norm) pairs in order, each conv
+    with its ReLU (the last one's after the residual add), and its downsample (conv, norm) shortcut."""
+    from detector.modeling import fast_inference as fast
+
+    if not isinstance(block, (BasicBlock, Bottleneck)):
+        raise TypeError(f"expected a torchvision BasicBlock or Bottleneck, got {type(block).__name__}")
+    pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    if isinstance(block, Bottleneck):
+        pairs.append((block.conv3, block.bn3))
+    convs = [fast.inference_conv(conv, options, norm=norm, relu=True) for conv, norm in pairs]
+    shortcut = None
+    if block.downsample is not None:  # nn.Sequential(conv1x1, norm)
+        conv, norm = block.downsample
+        shortcut = fast.inference_conv(conv, options, norm=norm)
+    return fast.ResidualBlock(convs, shortcut)
+
 
 class InplaceFrozenBatchNorm2d(FrozenBatchNorm2d):
     """torchvision's FrozenBatchNorm2d (same parameters, buffers and arithmetic: x * scale + shift) that,
     without autograd, writes into its input rather than allocating two new tensors: bit for bit the same
-    numbers, ~9% less time for a Mask R-CNN R50-FPN at 800x1216 on the CPU. Only for inputs nothing else
-    reads, as in the ResNets here, where every norm follows a convolution."""
+    numbers, in less time (bench/results/). Only for inputs nothing else reads, as in the ResNets here,
+    where every norm follows a convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():

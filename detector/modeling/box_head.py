@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from detector.modeling.box_coder import decode_boxes
+from detector.modeling.speeds import InferenceOptions
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class BoxHead(nn.Module):
         x = F.relu_(self.fc1(x.flatten(1)))
         x = F.relu_(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x)
+
+    def for_inference(self, options: InferenceOptions) -> nn.Module:
+        """This head at inference: a copy sharing its tensors, under bf16 autocast if ``options.bf16``
+        (``detector.modeling.fast_inference``)."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        return fast.with_bf16(fast.shared_copy(self), options)
 
 
 def fastrcnn_loss(

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.modeling.speeds import InferenceOptions
+
 
 @dataclass(frozen=True)
 class FPNConfig:
@@ -43,6 +45,26 @@ class FPN(nn.Module):
             outputs.insert(0, self.output_convs[i](top_down))
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2, padding=0))  # P6
         return outputs
+
+    def for_inference(self, options: InferenceOptions) -> FPN:
+        """This FPN at inference under ``options`` (``detector.modeling.fast_inference``): its convs (and
+        their GroupNorms) in the options' layouts and kernels, sharing the tensors they do not change."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        fpn = fast.shared_copy(self)
+        fpn.lateral_convs = nn.ModuleList(_conv_for_inference(m, options) for m in self.lateral_convs)
+        fpn.output_convs = nn.ModuleList(_conv_for_inference(m, options) for m in self.output_convs)
+        return fpn
+
+
+def _conv_for_inference(module: nn.Module, options: InferenceOptions) -> nn.Module:
+    """One of ``_conv``'s modules (a Conv2d, or a Conv2d then its GroupNorm) at inference."""
+    from detector.modeling import fast_inference as fast
+
+    if isinstance(module, nn.Sequential):
+        conv, norm = module
+        return fast.inference_conv(conv, options, norm=norm)
+    return fast.inference_conv(module, options)
 
 
 def _add_upsampled(lateral: Tensor, top_down: Tensor) -> Tensor:

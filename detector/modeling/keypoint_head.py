@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.modeling.speeds import InferenceOptions
+
 
 @dataclass(frozen=True)
 class KeypointHeadConfig:
@@ -39,6 +41,15 @@ class KeypointHead(nn.Module):
             x = F.relu_(conv(x))  # in place: conv outputs are read by nothing else
         x = self.deconv(x)  # (B, P, 28, 28)
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+    def for_inference(self, options: InferenceOptions) -> nn.Module:
+        """This head at inference under ``options`` (``detector.modeling.fast_inference``): its 3x3 convs
+        by NNPACK where it pays, under bf16 autocast if ``options.bf16``; the rest shared."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        head = fast.shared_copy(self)
+        head.convs = nn.ModuleList(fast.inference_conv(c, options, channels_last=False) for c in self.convs)
+        return fast.with_bf16(head, options)
 
 
 def keypoint_targets(keypoints: Tensor, boxes: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detector.modeling.speeds import InferenceOptions
+
 
 @dataclass(frozen=True)
 class MaskHeadConfig:
@@ -38,6 +40,19 @@ class MaskHead(nn.Module):
         for conv in self.convs:
             x = F.relu_(conv(x))  # in place: conv outputs are read by nothing else
         return self.predictor(F.relu_(self.deconv(x)))
+
+    def for_inference(self, options: InferenceOptions) -> nn.Module:
+        """This head at inference under ``options`` (``detector.modeling.fast_inference``): its 3x3 convs
+        by NNPACK where it pays, its deconv and 1x1 predictor in NHWC (oneDNN runs them faster so, even
+        after reordering their input), under bf16 autocast if ``options.bf16``; the rest shared."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        head = fast.shared_copy(self)
+        head.convs = nn.ModuleList(fast.inference_conv(c, options, channels_last=False) for c in self.convs)
+        if options.channels_last:
+            head.deconv = fast.channels_last_copy(self.deconv)
+            head.predictor = fast.channels_last_copy(self.predictor)
+        return fast.with_bf16(head, options)
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, size: int) -> Tensor:

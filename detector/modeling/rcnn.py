@@ -3,12 +3,12 @@
 ``forward(images, targets)`` returns the loss dict (training); ``predict(images)`` returns one
 ``Detections`` per image in that image's pixels (inference). ``build_model(cfg)`` composes it from a
 ``ModelConfig``; the named configurations are in ``detector.modeling.presets``.
-``optimize_for_inference()`` gives a faster copy for ``predict`` (``detector.modeling.fuse``).
+``optimize_for_inference()`` gives a faster copy for ``predict``, built from each block's inference form
+(``detector.modeling.fast_inference``, which the exact path never imports).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -18,12 +18,12 @@ from detector.modeling.anchors import AnchorConfig
 from detector.modeling.backbone import BackboneConfig, ResNetBackbone
 from detector.modeling.box_head import BoxHeadConfig
 from detector.modeling.fpn import FPN, FPNConfig
-from detector.modeling.fuse import apply_inference_options, autocast, to_nchw
-from detector.modeling.speeds import InferenceOptions
 from detector.modeling.keypoint_head import KeypointHeadConfig
+from detector.modeling.layout import to_nchw
 from detector.modeling.mask_head import MaskHeadConfig
 from detector.modeling.roi_heads import RoIHeads
 from detector.modeling.rpn import RPN, RPNConfig
+from detector.modeling.speeds import InferenceOptions
 from detector.modeling.transform import (
     InputConfig,
     batch_images,
@@ -136,7 +136,7 @@ class RCNN(nn.Module):
         """Resized, normalised images -> detections in those images' pixels."""
         sizes = [tuple(i.shape[-2:]) for i in images]
         batch = batch_images(images, self.cfg.input.size_divisible)
-        with autocast(batch.device, self.inference_options):
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=self.inference_options.bf16):
             features = self.features(batch)
         proposals, _ = self.rpn(features, sizes, tuple(batch.shape[-2:]))
         # RoIAlign reads float32 NCHW; converted once here, not at every pooling (a no-op when exact).
@@ -147,19 +147,31 @@ class RCNN(nn.Module):
         self, *, fuse_bn: bool = True, channels_last: bool = True, nnpack: bool = True, bf16: bool = False
     ) -> RCNN:
         """A copy of this model, in eval mode, faster at ``predict``; this model is left as it is (it may
-        be training). The defaults are Predictor's speed="fast"; see ``detector.modeling.fuse``.
+        be training). The defaults are Predictor's speed="fast"; see ``detector.modeling.fast_inference``.
 
         ``fuse_bn``: fold FrozenBatchNorm into the convs (GN/BN models have none to fold) and run each
         bottleneck's ReLUs and residual add inside its convs. ``channels_last``: backbone, FPN (and RPN
         head without NNPACK) in NHWC, and the mask head's deconv and 1x1 predictor. ``nnpack``: 3x3
         stride-1 convs by NNPACK on the CPU, and the RPN head's 1x1 convs as one matmul. ``bf16``: convs
         and linear layers under bfloat16 autocast (then no NNPACK). A copy with BN folded or bf16 cannot
-        train (``forward`` raises) and its state_dict has other keys: save and train the original."""
-        model = copy.deepcopy(self).eval()
-        model.inference_options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last,
-                                                   nnpack=nnpack and not bf16, bf16=bf16)
-        model.inference_only = not apply_inference_options(model, model.inference_options)
-        return model
+        train (``forward`` raises) and its state_dict has other keys: save and train the original.
+
+        Each block builds its own inference form; what a form leaves as it is (the box head, the poolers,
+        NNPACK's convs, GroupNorms...) shares this model's tensors rather than copying them: training this
+        model moves those in the copy too, so optimise it again after training."""
+        from detector.modeling.fast_inference import shared_copy  # not imported by the exact path
+
+        if self.inference_options != InferenceOptions():
+            raise ValueError(f"this model is already optimised ({self.inference_options}): optimise the original")
+        options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last, nnpack=nnpack and not bf16, bf16=bf16)
+        fast = shared_copy(self)
+        fast.backbone = self.backbone.for_inference(options)
+        fast.fpn = self.fpn.for_inference(options)
+        fast.rpn = self.rpn.for_inference(options)
+        fast.roi_heads = self.roi_heads.for_inference(options)
+        fast.inference_options = options
+        fast.inference_only = options.bf16 or (options.fuse_bn and self.backbone.has_frozen_bn)
+        return fast.eval()
 
 
 def build_model(cfg: ModelConfig) -> RCNN:

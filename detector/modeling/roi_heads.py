@@ -23,6 +23,7 @@ from detector.modeling.keypoint_head import (
 from detector.modeling.mask_head import MaskHead, MaskHeadConfig, mask_inference, mask_loss, mask_targets
 from detector.modeling.poolers import MultiLevelRoIPooler
 from detector.modeling.sampling import BELOW_LOW, BETWEEN, match, sample_balanced
+from detector.modeling.speeds import InferenceOptions
 from detector.structures import Detections, Targets
 
 
@@ -135,6 +136,19 @@ class RoIHeads(nn.Module):
         if self.keypoint_head is not None:
             self._predict_keypoints(features, results)
         return results
+
+    def for_inference(self, options: InferenceOptions) -> RoIHeads:
+        """These heads with each head's inference form (``detector.modeling.fast_inference``); the
+        poolers shared."""
+        from detector.modeling.fast_inference import shared_copy  # not imported by the exact path
+
+        heads = shared_copy(self)
+        heads.box_head = self.box_head.for_inference(options)
+        if self.mask_head is not None:
+            heads.mask_head = self.mask_head.for_inference(options)
+        if self.keypoint_head is not None:
+            heads.keypoint_head = self.keypoint_head.for_inference(options)
+        return heads
 
     def _predict_masks(self, features: list[Tensor], results: list[Detections]) -> None:
         boxes = [d.boxes for d in results]

@@ -18,6 +18,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 from detector.modeling.anchors import AnchorConfig, AnchorGenerator
 from detector.modeling.box_coder import decode_boxes, encode_boxes
 from detector.modeling.sampling import BELOW_LOW, BETWEEN, match, sample_balanced
+from detector.modeling.speeds import InferenceOptions
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,21 @@ class RPNHead(nn.Module):
             deltas.append(self.anchor_deltas(t))
         return logits, deltas
 
+    def for_inference(self, options: InferenceOptions) -> nn.Module:
+        """This head at inference under ``options`` (``detector.modeling.fast_inference``): with NNPACK,
+        its 3x3 conv by NNPACK and its two 1x1 convs as one matmul (MatmulRPNHead); else its convs in the
+        options' layout; under bf16 autocast if ``options.bf16``. Shares the tensors it does not change."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        if options.nnpack:
+            conv = fast.inference_conv(self.conv, options, relu=True, channels_last=False)  # the matmul reads NCHW
+            return fast.with_bf16(fast.MatmulRPNHead(conv, self.objectness_logits, self.anchor_deltas), options)
+        head = fast.shared_copy(self)
+        head.conv = fast.inference_conv(self.conv, options)
+        head.objectness_logits = fast.inference_conv(self.objectness_logits, options)
+        head.anchor_deltas = fast.inference_conv(self.anchor_deltas, options)
+        return fast.with_bf16(head, options)
+
 
 class RPN(nn.Module):
     def __init__(self, channels: int, anchors: AnchorConfig = AnchorConfig(), cfg: RPNConfig = RPNConfig()) -> None:
@@ -85,6 +101,14 @@ class RPN(nn.Module):
         proposals = self._select_proposals(boxes, logits.detach(), image_sizes, per_level)
         losses = {} if gt_boxes is None else self._losses(anchors, logits, deltas, gt_boxes)
         return proposals, losses
+
+    def for_inference(self, options: InferenceOptions) -> RPN:
+        """This RPN with its head's inference form (``RPNHead.for_inference``); the rest shared."""
+        from detector.modeling import fast_inference as fast  # not imported by the exact path
+
+        rpn = fast.shared_copy(self)
+        rpn.head = self.head.for_inference(options)
+        return rpn
 
     def _select_proposals(
         self, boxes: Tensor, logits: Tensor, image_sizes: list[tuple[int, int]], per_level: list[int]

@@ -1,5 +1,5 @@
 """The inference speed modes, by name (``Predictor(speed=...)``, ``--speed``); what each option does is
-in ``detector.modeling.fuse``. Without torch, so that the command lines can list them before importing it."""
+in ``detector.modeling.fast_inference``. Without torch, so that the command lines can list them before importing it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    fuse_bn: bool = False
-    channels_last: bool = False
-    nnpack: bool = False
-    bf16: bool = False
+    """What ``RCNN.optimize_for_inference`` changes; every default is the exact model's own path."""
+
+    fuse_bn: bool = False  # fold FrozenBN into the convs; residual blocks' ReLUs and adds as conv post-ops
+    channels_last: bool = False  # NHWC trunk, FPN and RPN head: oneDNN reads it without reordering
+    nnpack: bool = False  # NNPACK's Winograd 3x3 convs where they pay; the RPN head's 1x1 convs as a matmul
+    bf16: bool = False  # bfloat16 autocast for convs and linear layers: approximate, for bf16 hardware
 
 
 SPEEDS: dict[str, InferenceOptions] = {
@@ -26,4 +28,4 @@ DEFAULT_SPEED = "fast"
 # bench/results/, not here.
 SPEED_HELP = (f"exact: torchvision's numbers bit for bit; fast: the same maths rounded otherwise, faster on CPUs; "
               f"bf16: approximate, for bf16 hardware (default: {DEFAULT_SPEED}; how much faster: the README's "
-              "Speed section and bench/results/; how: detector/modeling/fuse.py)")
+              "Speed section and bench/results/; how: detector/modeling/fast_inference.py)")

@@ -33,7 +33,7 @@ def test_model_info(client, predictor):
 
 
 def test_the_speed_setting_reaches_the_loaded_model():
-    """DETECTOR_SPEED / --speed: the app loads its model in that mode (detector/modeling/fuse.py)."""
+    """DETECTOR_SPEED / --speed: the app loads its model in that mode (detector/modeling/fast_inference.py)."""
     with TestClient(create_app(settings(preset=PRESET, speed="exact"))) as client:
         wait_ready(client)
         assert client.get("/v1/model").json()["speed"] == "exact"

@@ -56,7 +56,7 @@ def test_unreadable_images_are_named(tmp_path, image_file, capsys):
 
 def test_speed_modes_give_the_same_detections(tmp_path, image_file):
     """--speed exact runs the model as it is; fast folds and reorders it: the same detections up to float
-    rounding (detector/modeling/fuse.py)."""
+    rounding (detector/modeling/fast_inference.py)."""
     results = {}
     for speed in ("exact", "fast"):
         out = tmp_path / f"{speed}.json"

@@ -1,4 +1,4 @@
-"""The speed options (detector/modeling/fuse.py, RCNN.optimize_for_inference, Predictor(speed=...)):
+"""The speed options (detector/modeling/fast_inference.py, RCNN.optimize_for_inference, Predictor(speed=...)):
 "fast" gives the exact model's detections up to float rounding, "bf16" overlaps them, and neither
 touches the model being trained.
 
@@ -19,16 +19,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, box_iou
 
+from detector.modeling import kernels
 from detector.modeling.backbone import BackboneConfig, ResNetBackbone
-from detector.modeling.fuse import NNPACKConv2d, fold_frozen_bn, use_nnpack
+from detector.modeling.fast_inference import InferenceConv2d, inference_conv
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN
+from detector.modeling.speeds import InferenceOptions
 from detector.modeling.transform import InputConfig
 from detector.predictor import Predictor
 from detector.structures import Targets
@@ -76,42 +81,125 @@ def assert_same_detections(exact, fast, box_tol: float = BOX_TOL, score_tol: flo
         assert (e.scores - f.scores[idx]).abs().max() <= score_tol
 
 
-def test_folding_frozen_bn_is_exact_in_float64():
+def _trained_looking_bn(module: nn.Module) -> None:
+    """Random BN statistics and affine weights, as a trained model has, not the identity of a fresh one."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_()
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+
+
+@pytest.mark.parametrize("arch, folded", [("resnet18", 20), ("resnet50", 53)])  # stem + 2 or 3 per block + downsamples
+def test_folding_frozen_bn_is_exact_in_float64(arch, folded):
     torch.manual_seed(0)
-    backbone = ResNetBackbone(BackboneConfig(arch="resnet18")).double().eval()
-    for m in backbone.modules():
-        if isinstance(m, FrozenBatchNorm2d):
-            m.running_var.uniform_(0.5, 2.0)
-            m.running_mean.normal_()
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.normal_()
+    backbone = ResNetBackbone(BackboneConfig(arch=arch)).double().eval()
+    _trained_looking_bn(backbone)
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
     x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
-    expected = backbone(x)
-    assert fold_frozen_bn(backbone) == 20  # stem, 2 per basic block x 8, 3 downsamples
-    assert not any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
-    for a, b in zip(expected, backbone(x)):
+    with torch.no_grad():
+        expected = backbone(x)
+        trunk = backbone.for_inference(InferenceOptions(fuse_bn=True))
+        out = trunk(x)
+    convs = [m for m in trunk.modules() if isinstance(m, InferenceConv2d)]
+    assert len(convs) == folded and all(c.norm is None for c in convs)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in trunk.modules())
+    for a, b in zip(expected, out):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(v, state[k]) for k, v in backbone.state_dict().items())  # folding made new tensors
+
+
+def test_folded_r50_trunk_in_float32_is_close_with_private_kernels_and_without(monkeypatch):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(BackboneConfig(arch="resnet50")).eval()
+    _trained_looking_bn(backbone)
+    x = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        expected = backbone(x)
+        trunk = backbone.for_inference(InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True))
+        fast = trunk(x.contiguous(memory_format=torch.channels_last))
+        for name in kernels.PRIVATE_OPS:  # as on a torch without them: F.conv2d, F.relu
+            monkeypatch.setitem(kernels.PRIVATE_OPS, name, _missing)
+        with pytest.warns(RuntimeWarning, match="public ops"):
+            public = trunk(x.contiguous(memory_format=torch.channels_last))
+    for e, f, p in zip(expected, fast, public):
+        assert ((e - f).abs().max() / e.abs().max()) < 1e-4
+        assert ((e - p).abs().max() / e.abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("norm, kind", [("gn", nn.GroupNorm), ("bn", nn.BatchNorm2d)])
+def test_norms_that_train_stay_after_their_convs(norm, kind):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(BackboneConfig(arch="resnet18", norm=norm)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    trunk = backbone.for_inference(InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True))
+    convs = [m for m in trunk.modules() if isinstance(m, InferenceConv2d)]
+    assert len(convs) == 20 and all(isinstance(c.norm, kind) for c in convs)
+    # The norms are copies holding the same tensors: nothing of the trunk's weights is duplicated.
+    storages = {t.untyped_storage().data_ptr() for t in [*backbone.parameters(), *backbone.buffers()]}
+    assert all(t.untyped_storage().data_ptr() in storages for c in convs for t in c.norm.parameters())
+    with torch.inference_mode():
+        for a, b in zip(backbone(x), trunk(x.contiguous(memory_format=torch.channels_last))):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def _missing():
+    raise AttributeError("no such op in this torch")
 
 
 def test_nnpack_conv_matches_conv_where_it_pays_and_steps_aside_elsewhere(monkeypatch):
+    if not kernels.nnpack_available():
+        pytest.skip("this torch has no NNPACK")
     torch.manual_seed(0)
-    block = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 1))
+    options = InferenceOptions(nnpack=True)
+    convs = [nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 1)]
+    fast = [inference_conv(c, options) for c in convs]
+    assert [c.kernel for c in fast] == ["nnpack", "conv2d", "conv2d"]  # only the 3x3 stride-1 conv
+    assert fast[0].weight is convs[0].weight and fast[0].bias is convs[0].bias  # shared, not copied
+    block, fast_block = nn.Sequential(*convs), nn.Sequential(*fast)
     large, small = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 16, 16)  # 4096 and 256 pixels
     expected = {"large": block(large), "small": block(small)}
-    count = use_nnpack(block)
-    if count == 0:
-        pytest.skip("this torch has no NNPACK")
-    assert count == 1 and isinstance(block[0], NNPACKConv2d)  # only the 3x3 stride-1 conv
     calls = []
     nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(a[0].shape) or nnpack(*a))
+    monkeypatch.setitem(kernels.PRIVATE_OPS, "nnpack_conv2d", lambda: lambda *a: calls.append(a[0].shape) or nnpack(*a))
     with torch.inference_mode():
-        torch.testing.assert_close(block(large), expected["large"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast_block(large), expected["large"], rtol=1e-4, atol=1e-4)
         assert calls == [(1, 256, 64, 64)]
-        torch.testing.assert_close(block(small), expected["small"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast_block(small), expected["small"], rtol=1e-4, atol=1e-4)
         assert len(calls) == 1  # a small map: oneDNN's convolution is faster there (nnpack_pays)
-    block(large).sum().backward()  # with grad: nn.Conv2d's own path
-    assert block[0].weight.grad is not None and len(calls) == 1
+    fast_block(large).sum().backward()  # with grad: F.conv2d, into the shared parameters
+    assert convs[0].weight.grad is not None and len(calls) == 1
+
+
+def test_exact_model_does_not_import_the_fast_path():
+    code = (
+        "import sys, torch\n"
+        "from detector.modeling.presets import get_preset\n"
+        "from detector.modeling.rcnn import RCNN\n"
+        "torch.manual_seed(0)\n"
+        "model = RCNN(get_preset('small_r18_fpn')).eval()\n"
+        "model.predict([torch.rand(3, 96, 128)])\n"
+        "print(sorted(m for m in ('detector.modeling.fast_inference', 'detector.modeling.kernels') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_fast_copy_shares_the_tensors_it_does_not_change(r50):
+    fast = r50.optimize_for_inference()
+    storages = {t.untyped_storage().data_ptr() for t in [*r50.parameters(), *r50.buffers()]}
+    box, fast_box = r50.roi_heads.box_head, fast.roi_heads.box_head
+    assert fast_box is not box and all(a is b for a, b in zip(fast_box.parameters(), box.parameters()))
+    new = [t for t in fast.parameters() if t.untyped_storage().data_ptr() not in storages]
+    # New tensors: the folded backbone convs, NHWC copies of the FPN's 1x1 and the mask head's deconv and
+    # predictor, the RPN head's matmul; NNPACK's convs, box head and the rest are shared.
+    new_bytes = sum(t.numel() * t.element_size() for t in new)
+    backbone_bytes = sum(t.numel() * t.element_size() for t in r50.backbone.parameters())
+    assert backbone_bytes <= new_bytes <= backbone_bytes + 8 * 2**20, (new_bytes, backbone_bytes)
+    assert fast.roi_heads.mask_head.convs[0].weight is r50.roi_heads.mask_head.convs[0].weight
+    assert fast.fpn.output_convs[0].weight is r50.fpn.output_convs[0].weight
 
 
 def test_fast_r50_gives_the_exact_detections(r50):
@@ -125,6 +213,18 @@ def test_fast_r50_gives_the_exact_detections(r50):
     assert_same_detections(exact, out)
     for e, f in zip(exact, out):
         assert f.mask_probs is not None and f.mask_probs.shape == e.mask_probs.shape
+
+
+def test_fast_r50_without_private_ops_gives_the_exact_detections(r50, monkeypatch):
+    """As on a torch whose private ops are gone: every kernel takes its public fallback."""
+    fast = r50.optimize_for_inference()
+    for name in kernels.PRIVATE_OPS:
+        monkeypatch.setitem(kernels.PRIVATE_OPS, name, _missing)
+    with pytest.warns(RuntimeWarning, match="public ops"):
+        out = fast.predict(_images(1))
+    exact = r50.predict(_images(1))
+    assert len(exact[0]) > 10
+    assert_same_detections(exact, out)
 
 
 def test_fast_small_preset_gives_the_exact_detections(small):
@@ -165,6 +265,8 @@ def test_the_original_model_is_untouched_and_can_still_train(r50, small):
                      masks=torch.zeros(1, 128, 128, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="optimised for inference"):
         fast([torch.rand(3, 128, 128)], [target])
+    with pytest.raises(ValueError, match="already optimised"):
+        fast.optimize_for_inference()
     # A GroupNorm model's optimised copy has nothing folded: channels-last only, and it trains.
     copy = small.optimize_for_inference()
     copy.train()
