@@ -167,7 +167,9 @@ def _record_once(directory: Path, entry: Entry, digest: str) -> None:
 def verify_if_catalogued(path: Path) -> Entry | None:
     """Refuse, before anything parses it, a file that claims a catalogue entry (by its name, or by its
     SHA-256 starting as the entry's) and does not match it; the entry it matches, or None for a file the
-    catalogue does not know."""
+    catalogue does not know (or a path that is not a file: the loader says so)."""
+    if not Path(path).is_file():
+        return None
     digest = sha256_of(path)
     claimed = claimed_entries(path, digest, load_catalogue())
     for entry in claimed:
