@@ -15,7 +15,7 @@ from detector import train as train_cli
 from detector.data.synthetic import ensure_synthetic
 from detector.modeling.rcnn import RCNN
 from detector.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tests.full_disk import limit_file_size, needs_rlimit_fsize
+from tests.full_disk import file_size_limit, limit_file_size, needs_rlimit_fsize
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -116,6 +116,22 @@ def test_a_corrupt_image_read_by_a_worker_is_exit_2_naming_it(tiny, tmp_path, ca
     assert train_cli.main(args + ["--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "000000.png" in err and "Traceback" not in err
+
+
+@needs_rlimit_fsize
+def test_a_full_disk_at_a_checkpoint_is_exit_2_naming_it_and_keeps_the_last_one(tiny, tmp_path, capsys) -> None:
+    """In this process (the subprocess version below is slow): the checkpoint at iteration 2 does not fit."""
+    out = tmp_path / "run"
+    args = _data_args(tiny) + ["--out", str(out), "--iters", "2", "--checkpoint-every", "1", "--log-every", "1"]
+    assert train_cli.main(args + ["--stop-at", "1"]) == 0
+    checkpoint = out / CHECKPOINT_NAME
+    before = checkpoint.read_bytes()
+    capsys.readouterr()
+    with file_size_limit(len(before) // 2):
+        assert train_cli.main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {checkpoint}: File too large; the last checkpoint is intact" in err
+    assert checkpoint.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["last.pth", "metrics.jsonl"]
 
 
 @pytest.mark.slow  # three runs of the CLI in subprocesses: about 40 s on a loaded 2-core machine
