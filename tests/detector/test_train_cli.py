@@ -163,3 +163,45 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays_w
     assert done.returncode == 0, done.stderr
     assert "iterations: 4/4" in done.stdout and (out / "model_final.safetensors").is_file()
     assert [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def _can_mount_tmpfs(tmp_path) -> bool:
+    where = tmp_path / "probe"
+    where.mkdir()
+    try:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               f"mount -t tmpfs -o size=64k tmpfs {where}"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.slow  # two runs of the CLI in subprocesses: about 30 s on a loaded 2-core machine
+def test_a_really_full_filesystem_is_one_line_and_the_last_checkpoint_stays_whole(tiny, tmp_path) -> None:
+    """ENOSPC from a small tmpfs (mounted in a user namespace), with room for one checkpoint and a half:
+    the new one cannot be written beside the old one, which must survive. Skips where user namespaces
+    or tmpfs mounts are not allowed."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
+    run, full = tmp_path / "run", tmp_path / "full"
+    command = [sys.executable, "-m", "detector.train", *_data_args(tiny), "--iters", "4", "--log-every", "1",
+               "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command + ["--out", str(run), "--stop-at", "2"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    before = (run / CHECKPOINT_NAME).read_bytes()
+    full.mkdir()
+    script = (f'mount -t tmpfs -o size={len(before) * 3 // 2} tmpfs "$1" && cp "$2"/* "$1"/ && shift 2 && '
+              f'"$@"; status=$?; cp {full}/{CHECKPOINT_NAME} {tmp_path}/after.pth; ls -A {full} > {tmp_path}/ls; '
+              'exit $status')
+    resumed = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(full),
+                              str(run), *command, "--out", str(full), "--resume"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 2, resumed.stderr
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {full / CHECKPOINT_NAME}: No space left on device; the last checkpoint is intact: "
+                      "free some space and run again with --resume"], resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert (tmp_path / "after.pth").read_bytes() == before
+    assert (tmp_path / "ls").read_text().split() == ["last.pth", "metrics.jsonl"]  # no temporary file left
