@@ -27,6 +27,7 @@ from detector.data.synthetic import ensure_synthetic
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import PRESETS, get_preset
 from detector.training import TrainConfig, train
+from detector.training.checkpoint import CHECKPOINT_NAME
 from detector.training.optim import SCHEDULES
 
 logger = logging.getLogger("detector.train")
@@ -127,8 +128,11 @@ def _message(error: Exception) -> str:
 def _os_message(error: OSError) -> str:
     """``<file>: <problem>``, and where a full disk stopped the run, what is left to resume from."""
     text = f"{error.filename}: {error.strerror or error}" if error.filename else str(error.strerror or error)
-    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        text += "; the last checkpoint is intact: free some space and run again with --resume"
+    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and error.filename:
+        if (Path(error.filename).parent / CHECKPOINT_NAME).is_file():  # every file is written whole
+            text += "; the last checkpoint is intact: free some space and run again with --resume"
+        else:
+            text += "; free some space and run again"
     return text
 
 

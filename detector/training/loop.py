@@ -23,10 +23,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detector import distributed as dist
+from detector.atomic import atomic_write_text, remove_stale_temporaries
 from detector.data.coco import CocoDataset
 from detector.modeling.rcnn import ModelConfig, build_model
 from detector.structures import Targets
-from detector.atomic import atomic_write_text, remove_stale_temporaries
 from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
                                           restore_rng, seed_everything)
 from detector.training.data import TrainingSet, build_loader, label_map_for

@@ -133,6 +133,12 @@ def test_a_full_disk_at_a_checkpoint_is_exit_2_naming_it_and_keeps_the_last_one(
     assert f"error: {checkpoint}: File too large; the last checkpoint is intact" in err
     assert checkpoint.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["last.pth", "metrics.jsonl"]
 
+    fresh = tmp_path / "fresh"  # no checkpoint yet: nothing to resume from, and the message does not promise one
+    with file_size_limit(len(before) // 2):
+        assert train_cli.main(_data_args(tiny) + ["--out", str(fresh), "--iters", "1"]) == 2
+    assert f"error: {fresh / CHECKPOINT_NAME}: File too large; free some space and run again\n" in capsys.readouterr().err
+    assert sorted(p.name for p in fresh.iterdir()) == ["metrics.jsonl"]
+
 
 @pytest.mark.slow  # three runs of the CLI in subprocesses: about 40 s on a loaded 2-core machine
 @needs_rlimit_fsize
