@@ -1,6 +1,7 @@
 """Untrusted bytes -> an HWC uint8 RGB array (the Predictor's input contract), or a clear error.
 
-Each error names what was wrong and maps to one HTTP status at the edge (``api/deps.py``):
+Each error names what was wrong, in words for the client (never an exception's text: that goes to the
+debug log), and maps to one HTTP status at the edge (``api/deps.py``):
 ``ImageTooLarge`` -> 413, ``UnsupportedImage`` -> 415, ``InvalidImage`` -> 422.
 ``BodySizeLimit`` enforces the request-body limit while the body streams in, so a client
 cannot make the server buffer more than the limit, whether or not it sends Content-Length.
@@ -78,7 +79,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     # Pillow's decoders signal bad data with OSError, SyntaxError, ValueError, struct.error,
     # EOFError, IndexError ...; any of them here means the file, not the server, is broken.
     except Exception as exc:
-        raise InvalidImage(f"cannot decode the {img.format} image ({type(exc).__name__}: {exc})") from exc
+        raise InvalidImage(f"cannot decode the {img.format} image: {_reason(exc)}") from exc
     return to_rgb_array(upright(img))  # the conversion image files get too (detector/data/images.py)
 
 
@@ -93,11 +94,26 @@ def _open(data: bytes) -> Image.Image:
     except MemoryError:
         raise
     except Exception as exc:  # a known format whose header is broken
-        raise InvalidImage(f"cannot read the image header ({type(exc).__name__}: {exc})") from exc
+        raise InvalidImage(f"cannot read the image header: {_reason(exc)}") from exc
     else:
         if img.format in ALLOWED_FORMATS:
             return img
     raise UnsupportedImage(_unsupported_message(data))
+
+
+# The exceptions by which Pillow describes bad data in its own words ("image file is truncated",
+# "Decompressed data too large"); any other (IndexError, struct.error ...) is a decoder tripping on it.
+_DESCRIBED_BY_PILLOW = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def _reason(exc: Exception) -> str:
+    """What was wrong with the data, for the client: Pillow's own sentence (its first line, without the
+    exception's type) where it gives one, else a plain phrase; the exception itself goes to the debug log."""
+    logger.debug("undecodable upload: %s: %s", type(exc).__name__, exc)
+    text = str(exc).splitlines()[0].strip()[:200] if str(exc).strip() else ""
+    if isinstance(exc, _DESCRIBED_BY_PILLOW) and not isinstance(exc, MemoryError) and text:
+        return text
+    return "the data is corrupt or cut short"
 
 
 def _unsupported_message(data: bytes) -> str:

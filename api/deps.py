@@ -38,7 +38,12 @@ class Service:
     weights_sha256: str | None = None
     ready: bool = False  # loaded and warmed up
     draining: bool = False  # SIGTERM received or shutting down: readiness fails
-    load_error: str | None = None
+    load_error: str | None = None  # why the model failed to load: for the log and tests, never sent to clients
+
+
+# What a client is told when the model failed to load: the reason (a server path, an exception's text)
+# is for the operator, in the server log.
+LOAD_FAILED = "failed: see the server log"
 
 
 def get_service(request: Request) -> Service:
@@ -50,9 +55,9 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 def get_ready_service(service: ServiceDep) -> Service:
     if service.load_error is not None:
-        raise HTTPException(503, f"the model failed to load: {service.load_error}")
+        raise HTTPException(503, LOAD_FAILED)
     if not service.ready:
-        raise HTTPException(503, "the model is still loading", headers={"Retry-After": "5"})
+        raise HTTPException(503, "loading", headers={"Retry-After": "5"})
     return service
 
 

@@ -87,8 +87,12 @@ async def _load(service: Service) -> None:
             service.weights_sha256 = await asyncio.to_thread(sha256_of, Path(predictor.weights_path))
         await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])
     except Exception as exc:
-        logger.exception("the model failed to load")
+        # Logged once, with the file and the reason; the probes only say "failed: see the server log".
+        # A ValueError is ours and names the file (no traceback needed); anything else gets its traceback.
         service.load_error = f"{type(exc).__name__}: {exc}"
+        logger.error("the model failed to load (preset %s, weights %s): %s", settings.preset,
+                     settings.weights or "the preset's built-in weights", service.load_error,
+                     exc_info=not isinstance(exc, ValueError))
         return
     batcher = Batcher(
         predictor.predict,
@@ -117,4 +121,5 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 without the exception: its text and traceback go to the server log (Starlette logs it)."""
     return JSONResponse({"detail": "internal server error"}, status_code=500)

@@ -6,13 +6,15 @@
     torchrun --nproc_per_node 8 -m detector.train ...   # one process per GPU
 
 Writes OUT/last.pth (the checkpoint --resume continues from), OUT/metrics.jsonl, OUT/model_final.safetensors
-and, with a validation set, OUT/eval.json. Exit status: 0 when done, 1 when the loss diverges, 2 on bad
-input, reported as ``error: <file>: <problem>``.
+and, with a validation set, OUT/eval.json, each atomically. Exit status: 0 when done, 1 when the loss
+diverges, 2 on bad input or a file that cannot be written (a full disk: OUT/last.pth keeps the last
+checkpoint, for --resume), reported in one line as ``error: <file>: <problem>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -25,6 +27,7 @@ from detector.data.synthetic import ensure_synthetic
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import PRESETS, get_preset
 from detector.training import TrainConfig, train
+from detector.training.checkpoint import CHECKPOINT_NAME
 from detector.training.optim import SCHEDULES
 
 logger = logging.getLogger("detector.train")
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {_message(e)}", file=sys.stderr)
         return 2
-    except OSError as e:  # the output folder
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # the output folder, a full disk
+        print(f"error: {_os_message(e)}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -119,6 +122,17 @@ def _message(error: Exception) -> str:
     text = str(error)
     if "Original Traceback" in text:
         text = [line for line in text.splitlines() if line.strip()][-1].removeprefix("ValueError: ")
+    return text
+
+
+def _os_message(error: OSError) -> str:
+    """``<file>: <problem>``, and where a full disk stopped the run, what is left to resume from."""
+    text = f"{error.filename}: {error.strerror or error}" if error.filename else str(error.strerror or error)
+    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and error.filename:
+        if (Path(error.filename).parent / CHECKPOINT_NAME).is_file():  # every file is written whole
+            text += "; the last checkpoint is intact: free some space and run again with --resume"
+        else:
+            text += "; free some space and run again"
     return text
 
 

@@ -1,10 +1,13 @@
-"""GET /healthz (the process is alive) and GET /readyz (it can take traffic); never behind a key."""
+"""GET /healthz (the process is alive) and GET /readyz (it can take traffic); never behind a key.
+
+Open to anyone, so they say only "ok", "ready", "loading", "shutting down", "stalled" or "failed: see
+the server log": why the model failed to load (its path, the exception) is in the log, not here."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from api.deps import ServiceDep
+from api.deps import LOAD_FAILED, ServiceDep
 from api.schemas import HealthResponse, ReadinessResponse, errors
 
 router = APIRouter(tags=["health"])
@@ -14,7 +17,7 @@ router = APIRouter(tags=["health"])
 async def healthz(service: ServiceDep) -> HealthResponse:
     """Alive: the event loop answers. 503 only if the model failed to load (restart to retry)."""
     if service.load_error is not None:
-        raise HTTPException(503, f"the model failed to load: {service.load_error}")
+        raise HTTPException(503, LOAD_FAILED)
     return HealthResponse()
 
 
@@ -23,11 +26,11 @@ async def readyz(service: ServiceDep) -> ReadinessResponse:
     """Ready: the model is loaded and warmed up, no forward pass is stuck, and the server is not
     shutting down."""
     if service.load_error is not None:
-        raise HTTPException(503, f"the model failed to load: {service.load_error}")
+        raise HTTPException(503, LOAD_FAILED)
     if service.draining:
         raise HTTPException(503, "shutting down")
     if not service.ready:
-        raise HTTPException(503, "the model is still loading")
+        raise HTTPException(503, "loading")
     if service.batcher is not None and service.batcher.stalled:
-        raise HTTPException(503, f"a forward pass has run {service.batcher.forward_age_s:.0f} s, past forward_timeout_s")
+        raise HTTPException(503, "stalled: a forward pass is past forward_timeout_s")
     return ReadinessResponse()

@@ -8,9 +8,7 @@ weights file too (``detector.weights.read_state_dict`` looks there).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detector.atomic import atomic_write
 from detector.weights.loading import load_state_dict_strict, read_state_dict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
 
@@ -25,46 +24,10 @@ CHECKPOINT_NAME = "last.pth"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` into a temporary file beside ``path``, fsync, then rename over ``path``: a crash
-    leaves either the old file or the new one, never half of one, and no temporary file on error."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the checkpoint private to this user
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporary files ``atomic_save`` leaves beside ``path`` when its process is killed
-    mid-write (kill -9, power loss: no ``except`` runs). Only for a moment when nothing else writes
-    ``path``, as at the start of a training run. Returns what was deleted."""
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save`` through ``detector.atomic.atomic_write``: a crash leaves either the old file or the
+    new one, never half of one; a failed write (a full disk) raises OSError naming ``path`` and leaves no
+    temporary file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -3,6 +3,10 @@ run stopped at any checkpoint and resumed gives the losses of the uninterrupted 
 
 OUT holds last.pth (the checkpoint), metrics.jsonl, tensorboard/ when installed, model_final.safetensors
 (the weights, with the preset and class names as metadata) and eval.json (COCO AP on the validation set).
+Each file is written atomically (``detector.atomic``): a run killed at any moment, or stopped by a full
+disk (OSError naming the file), leaves every file whole, its previous version at worst; metrics.jsonl
+is appended to line by line (``training/metrics.py`` says why). TensorBoard's event files are
+the tensorboard package's own appending writer.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detector import distributed as dist
+from detector.atomic import atomic_write_text, remove_stale_temporaries
 from detector.data.coco import CocoDataset
 from detector.modeling.rcnn import ModelConfig, build_model
 from detector.structures import Targets
 from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
-                                          remove_stale_temporaries, restore_rng, seed_everything)
+                                          restore_rng, seed_everything)
 from detector.training.data import TrainingSet, build_loader, label_map_for
-from detector.training.metrics import MetricsLog
+from detector.training.metrics import METRICS_NAME, MetricsLog
 from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
 from detector.training.validation import evaluate, load_validation_set
 from detector.weights.loading import load_state_dict_strict, save_weights
@@ -33,6 +38,7 @@ from detector.weights.loading import load_state_dict_strict, save_weights
 logger = logging.getLogger(__name__)
 
 FINAL_WEIGHTS_NAME = "model_final.safetensors"
+EVAL_NAME = "eval.json"
 DEFAULT_EPOCHS = 12  # Detectron2's "1x" schedule is about 12 COCO epochs
 
 
@@ -117,9 +123,10 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, main = self.cfg, self.dist.is_main
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        if main:  # before this run writes a checkpoint: what is there was left by a killed one
-            for tmp in remove_stale_temporaries(cfg.out_dir / CHECKPOINT_NAME):
-                logger.info("removed %s, a checkpoint half-written by a killed run", tmp)
+        if main:  # before this run writes anything: what is there was left by a killed one
+            for name in (CHECKPOINT_NAME, METRICS_NAME, FINAL_WEIGHTS_NAME, EVAL_NAME):
+                for tmp in remove_stale_temporaries(cfg.out_dir / name):
+                    logger.info("removed %s, a file half-written by a killed run", tmp)
         stop = min(cfg.stop_at or self.total_iters, self.total_iters)
         log = MetricsLog(cfg.out_dir, total_iters=self.total_iters, start_iter=self.iteration, main=main,
                          progress=cfg.progress, tensorboard=cfg.tensorboard)
@@ -236,7 +243,7 @@ class Trainer:
             save_weights(self.model, final, metadata=metadata)
             if self.val_gt is not None:
                 results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset)
-                (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+                atomic_write_text(out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
                 logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))
         dist.barrier(self.dist)
         return TrainResult(self.iteration, self.total_iters, checkpoint, final, results)

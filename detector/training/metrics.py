@@ -3,7 +3,14 @@ package is installed, TensorBoard scalars. Only the main process reports.
 
 metrics.jsonl holds one JSON object per logged iteration: {"iter" (iterations done), "epoch", "lr",
 each loss term, "total", "time" (seconds per iteration)}, the loss terms and time averaged over the
-iterations since the previous line. A resumed run drops the lines past its checkpoint and appends.
+iterations since the previous line.
+
+A resumed run keeps the lines up to its checkpoint's iteration: when the file holds more (the lines a
+killed run wrote after its last checkpoint, or a line cut short), it is rewritten whole and atomically
+(``detector.atomic``), never truncated in place, so a crash during the rewrite leaves the old file. Then
+each line is appended and flushed as it is written: rewriting the whole file for every line would cost
+time growing with the run, and a line cut short by a crash or a full disk is dropped by the next resume.
+A failed write raises OSError naming the file.
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
+
+from detector.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +39,13 @@ class MetricsLog:
         self._window: list[dict[str, float]] = []
         self._bar = tqdm(total=total_iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
                          disable=not (main and progress))
-        self._file = self._writer = None
+        self._file: BinaryIO | None = None
+        self._writer = None
         if not main:
             return
-        path = out_dir / METRICS_NAME
-        _truncate_after(path, start_iter)
-        self._file = path.open("a", encoding="utf-8")
+        self.path = out_dir / METRICS_NAME
+        _keep_up_to(self.path, start_iter)
+        self._file = self.path.open("ab", buffering=0)  # unbuffered: a line is in the file once written
         if tensorboard:
             self._writer = _summary_writer(out_dir / "tensorboard")
 
@@ -56,8 +67,12 @@ class MetricsLog:
         if not self.main:
             return None
         line = {"iter": iteration, "epoch": epoch, "lr": lr, **means}
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        data = (json.dumps(line) + "\n").encode("utf-8")
+        try:
+            while data:  # a raw write may take only part of it
+                data = data[self._file.write(data):]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from e
         if self._writer is not None:
             for k, v in line.items():
                 if k not in ("iter", "epoch"):
@@ -72,18 +87,22 @@ class MetricsLog:
             self._writer.close()
 
 
-def _truncate_after(path: Path, iteration: int) -> None:
-    """Keep only the lines of iterations up to ``iteration`` (all of them are gone when it is 0)."""
+def _keep_up_to(path: Path, iteration: int) -> None:
+    """Keep only the whole lines of iterations up to ``iteration`` (none when it is 0), rewriting the
+    file atomically when anything is to go."""
     if not path.is_file():
         return
+    text = path.read_text(encoding="utf-8", errors="replace")
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             if json.loads(line)["iter"] <= iteration:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by a crash
-    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            continue  # a line cut short by a crash or a full disk
+    new = "".join(k + "\n" for k in kept)
+    if new != text:
+        atomic_write_text(path, new)
 
 
 def _summary_writer(log_dir: Path):

@@ -1,7 +1,8 @@
 """python -m detector.weights list | download NAME | verify FILE [--name NAME] | convert IN OUT --preset P
 
-list: the catalogue of published checkpoints; download: fetch one into the cache and verify its SHA-256;
-verify: check a file against the catalogue; convert: a torchvision .pth into our safetensors (loads
+list: the catalogue of published checkpoints; download: fetch one into the cache, verify its SHA-256 and
+record all of it beside the file; verify: check a file against the catalogue, found by the file's
+SHA-256 or name (or --name); convert: a torchvision .pth into our safetensors (loads
 never unpickle anything after that).
 """
 
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.weights.catalogue import cache_dir, download, load_catalogue, verify
+from detector.weights.catalogue import cache_dir, claimed_entries, download, load_catalogue, sha256_of, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dir", type=Path, help=f"cache folder (default {cache_dir()})")
     v = sub.add_parser("verify", help="check a file's SHA-256 against the catalogue")
     v.add_argument("file", type=Path)
-    v.add_argument("--name", help="catalogue entry (default: the one with this file name)")
+    v.add_argument("--name", help="catalogue entry (default: those the file's SHA-256 or name claims)")
     c = sub.add_parser("convert", help="a torchvision or torch checkpoint -> safetensors")
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path)
@@ -40,26 +41,31 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")
             print(download(catalogue[args.name], args.dir))
         elif args.command == "verify":
-            entry = _entry_for(catalogue, args.file, args.name)
-            print(f"{args.file}: OK ({verify(args.file, entry)}, {entry.name})")
+            for entry in _entries_for(catalogue, args.file, args.name):
+                print(f"{args.file}: OK ({verify(args.file, entry)}, {entry.name})")
         else:
             _convert(args.src, args.dst, args.preset)
             print(f"{args.src} -> {args.dst}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that cannot be read or written
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def _entry_for(catalogue, path: Path, name: str | None):
+def _entries_for(catalogue, path: Path, name: str | None) -> list:
     if name is not None:
         if name not in catalogue:
             raise ValueError(f"no catalogue entry {name!r}")
-        return catalogue[name]
-    for entry in catalogue.values():
-        if entry.file_name == path.name:
-            return entry
-    raise ValueError(f"{path}: no catalogue entry has this file name; name one with --name")
+        return [catalogue[name]]
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    claimed = claimed_entries(path, sha256_of(path), catalogue)
+    if not claimed:
+        raise ValueError(f"{path}: neither its SHA-256 nor its name is in the catalogue; name an entry with --name")
+    return claimed
 
 
 def _convert(src: Path, dst: Path, preset: str) -> None:

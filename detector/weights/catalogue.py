@@ -1,8 +1,13 @@
 """The published checkpoints the engine loads (weights/catalogue.json): download, cache, verify.
 
-A file is used only after its SHA-256 matches the catalogue. torchvision publishes the first 8 hex
-digits of each file's SHA-256 in its name (and checks only those); an entry may carry the full
-``sha256`` too, and then all of it must match.
+A file is known by its bytes, never by its name. torchvision publishes the first 8 hex digits of each
+file's SHA-256 (in its name, and checks only those); an entry may carry the full ``sha256`` too. The
+first download that matches the catalogue records the file's full SHA-256 beside it, in
+``<file name>.sha256`` (sha256sum's format: ``sha256sum -c`` reads it), and from then on all of it must
+match. A file that claims an entry, by its name or by its hash starting as the entry's, is checked
+against the entry (full catalogue hash, else the recorded one found beside the file or in the cache,
+else the prefix) and refused when it does not match; so a renamed catalogued file is still checked,
+and a file under a catalogued name is never trusted for its name.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detector.atomic import atomic_write_text
 from detector.weights.builtin import builtin_file
 
 log = logging.getLogger(__name__)
@@ -58,21 +64,77 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, entry: Entry) -> str:
-    """The file's SHA-256 if it matches ``entry``; ValueError naming the file otherwise."""
-    digest = sha256_of(path)
-    expected = entry.sha256 or entry.sha256_prefix
-    if not digest.startswith(expected):
-        raise ValueError(f"{path}: SHA-256 {digest} does not match the catalogue's {expected} for {entry.name}")
+RECORD_SUFFIX = ".sha256"
+
+
+def record_path(directory: Path, entry: Entry) -> Path:
+    return directory / (entry.file_name + RECORD_SUFFIX)
+
+
+def read_record(path: Path) -> str | None:
+    """The full SHA-256 in a record file (None when there is none); ValueError when it is not one."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable SHA-256 record ({e.__class__.__name__})") from e
+    digest = text.split(maxsplit=1)[0].lower() if text.strip() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{path}: not a SHA-256 record (expected 64 hex digits, then the file name)")
     return digest
 
 
+def write_record(directory: Path, entry: Entry, digest: str) -> Path:
+    """Record ``digest`` as the full SHA-256 of ``entry``'s file in ``directory`` (atomically)."""
+    path = record_path(directory, entry)
+    atomic_write_text(path, f"{digest}  {entry.file_name}\n")
+    return path
+
+
+def expectations(entry: Entry, directories: tuple[Path, ...]) -> list[tuple[str, str]]:
+    """What a file of ``entry`` must hash to, each with where it comes from: the catalogue's full hash and
+    every record of it in ``directories``, or the catalogue's prefix when neither exists. A record
+    that disagrees with the catalogue is a ValueError: it cannot vouch for anything."""
+    prefix = entry.sha256_prefix.lower()
+    found = [(entry.sha256.lower(), "the catalogue's SHA-256")] if entry.sha256 else []
+    for directory in dict.fromkeys(directories):  # in order, each once
+        record = record_path(directory, entry)
+        recorded = read_record(record)
+        if recorded is None:
+            continue
+        if not recorded.startswith(found[0][0] if found else prefix):
+            raise ValueError(f"{record}: records {recorded} for {entry.name}, which the catalogue's "
+                             f"{found[0][0] if found else prefix + '...'} contradicts; delete it and download again")
+        found.append((recorded, f"the SHA-256 recorded in {record} at its first verified download"))
+    return found or [(prefix, "the catalogue's SHA-256 prefix")]
+
+
+def verify(path: Path, entry: Entry, digest: str | None = None, directories: tuple[Path, ...] | None = None) -> str:
+    """The file's SHA-256 if it matches ``entry``; ValueError naming the file otherwise. The expected
+    hashes are looked up beside the file and in the cache unless ``directories`` says where."""
+    digest = digest or sha256_of(path)
+    directories = directories if directories is not None else (Path(path).parent, cache_dir())
+    for expected, source in expectations(entry, directories):
+        if not digest.startswith(expected):  # a full hash or a prefix
+            raise ValueError(f"{path}: SHA-256 {digest} does not match {source} for catalogue entry {entry.name} "
+                             f"({expected}{'...' if len(expected) < 64 else ''}); refusing to use it")
+    return digest
+
+
+def claimed_entries(path: Path, digest: str, catalogue: dict[str, Entry]) -> list[Entry]:
+    """The entries a file claims to be: by its name, or by its hash starting as theirs."""
+    return [e for e in catalogue.values()
+            if e.file_name == path.name or digest.startswith((e.sha256 or e.sha256_prefix).lower())]
+
+
 def download(entry: Entry, directory: Path | None = None) -> Path:
-    """The verified file of ``entry`` in the cache, downloading it (with progress) when absent."""
+    """The verified file of ``entry`` in the cache, downloading it (with progress) when absent. The first
+    time a file is verified there, its full SHA-256 is recorded beside it; later loads check all of it."""
     directory = directory or cache_dir()
     target = directory / entry.file_name
     if target.is_file():
-        verify(target, entry)
+        _record_once(directory, entry, verify(target, entry, directories=(directory,)))
         return target
     directory.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
@@ -83,20 +145,38 @@ def download(entry: Entry, directory: Path | None = None) -> Path:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
     except (urllib.error.URLError, OSError) as e:
         partial.unlink(missing_ok=True)
         raise ValueError(f"cannot download {entry.name} from {entry.url} (offline?): {e}") from e
     try:
-        verify(partial, entry)
+        digest = verify(partial, entry, directories=(directory,))
     except ValueError:
         partial.unlink(missing_ok=True)
         raise
+    _record_once(directory, entry, digest)
     os.replace(partial, target)
     return target
 
 
-def verify_if_catalogued(path: Path) -> None:
-    """Refuse, before reading it, a file named as a catalogue entry whose SHA-256 does not match."""
-    for entry in load_catalogue().values():
-        if entry.file_name == path.name:
-            verify(path, entry)
+def _record_once(directory: Path, entry: Entry, digest: str) -> None:
+    """Write the record of a file just verified, unless the catalogue or a record holds all of its hash."""
+    if entry.sha256 is None and read_record(record_path(directory, entry)) is None:  # no full hash known there
+        path = write_record(directory, entry, digest)
+        log.info("%s: recorded the full SHA-256 of %s (%s)", path, entry.name, digest)
+
+
+def verify_if_catalogued(path: Path) -> Entry | None:
+    """Refuse, before anything parses it, a file that claims a catalogue entry (by its name, or by its
+    SHA-256 starting as the entry's) and does not match it; the entry it matches, or None for a file the
+    catalogue does not know (or a path that is not a file: the loader says so)."""
+    if not Path(path).is_file():
+        return None
+    digest = sha256_of(path)
+    claimed = claimed_entries(path, digest, load_catalogue())
+    for entry in claimed:
+        verify(path, entry, digest)
+    if claimed:
+        log.info("%s: SHA-256 %s, catalogue entry %s", path, digest, claimed[0].name)
+    return claimed[0] if claimed else None

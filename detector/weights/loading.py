@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from torchvision.ops import FrozenBatchNorm2d
 
+from detector.atomic import atomic_write_bytes
 from detector.modeling.backbone import set_frozen_bn_eps
 from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
 
@@ -108,10 +110,12 @@ def frozen_bn_eps_of(model: nn.Module) -> float | None:
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = None, half: bool = False) -> None:
     """Save as safetensors (nothing to unpickle on load); ``half`` stores floating tensors as float16.
-    The model's FrozenBatchNorm eps goes into the metadata, so that loading restores it."""
+    The model's FrozenBatchNorm eps goes into the metadata, so that loading restores it. Written
+    atomically (``detector.atomic``): OSError naming ``path`` when it cannot be."""
     metadata = {"frozen_bn_eps": frozen_bn_eps_of(model), **(metadata or {})}
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().contiguous()
         state[k] = v.half() if half and v.is_floating_point() else v
-    save_file(state, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    data = safetensors_bytes(state, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    atomic_write_bytes(path, data)

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -107,6 +107,22 @@ def test_truncated_image():
     data = jpeg(256, 256)
     with pytest.raises(InvalidImage, match="JPEG"):
         decode(data[: len(data) // 2])
+
+
+def test_decode_errors_say_what_is_wrong_in_words_not_as_exceptions(monkeypatch):
+    """Pillow's sentence about the data reaches the client; an exception's type, or the text of one
+    that is a decoder tripping (it may name server internals), does not."""
+    with pytest.raises(InvalidImage) as truncated:
+        decode(png(128, 128)[:300])
+    assert str(truncated.value) == "cannot decode the PNG image: image file is truncated"
+
+    def trip(self):
+        raise IndexError("list index out of range in /srv/detector/site-packages/PIL/PngImagePlugin.py")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", trip)
+    with pytest.raises(InvalidImage) as tripped:
+        decode(png(16, 16))
+    assert str(tripped.value) == "cannot decode the PNG image: the data is corrupt or cut short"
 
 
 @pytest.mark.parametrize("data", [b"hello, not an image", b"%PDF-1.4\n" + bytes(100), bytes(range(256)) * 4])

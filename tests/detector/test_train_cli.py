@@ -1,9 +1,11 @@
-"""``python -m detector.train``: the out-of-the-box run on the synthetic set, and clear errors (exit 2)."""
+"""``python -m detector.train``: the out-of-the-box run on the synthetic set, and clear errors (exit 2),
+a full disk included."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,8 @@ import pytest
 from detector import train as train_cli
 from detector.data.synthetic import ensure_synthetic
 from detector.modeling.rcnn import RCNN
+from detector.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tests.full_disk import file_size_limit, limit_file_size, needs_rlimit_fsize
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,3 +116,98 @@ def test_a_corrupt_image_read_by_a_worker_is_exit_2_naming_it(tiny, tmp_path, ca
     assert train_cli.main(args + ["--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "000000.png" in err and "Traceback" not in err
+
+
+@needs_rlimit_fsize
+def test_a_full_disk_at_a_checkpoint_is_exit_2_naming_it_and_keeps_the_last_one(tiny, tmp_path, capsys) -> None:
+    """In this process (the subprocess version below is slow): the checkpoint at iteration 2 does not fit."""
+    out = tmp_path / "run"
+    args = _data_args(tiny) + ["--out", str(out), "--iters", "2", "--checkpoint-every", "1", "--log-every", "1"]
+    assert train_cli.main(args + ["--stop-at", "1"]) == 0
+    checkpoint = out / CHECKPOINT_NAME
+    before = checkpoint.read_bytes()
+    capsys.readouterr()
+    with file_size_limit(len(before) // 2):
+        assert train_cli.main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {checkpoint}: File too large; the last checkpoint is intact" in err
+    assert checkpoint.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["last.pth", "metrics.jsonl"]
+
+    fresh = tmp_path / "fresh"  # no checkpoint yet: nothing to resume from, and the message does not promise one
+    with file_size_limit(len(before) // 2):
+        assert train_cli.main(_data_args(tiny) + ["--out", str(fresh), "--iters", "1"]) == 2
+    assert f"error: {fresh / CHECKPOINT_NAME}: File too large; free some space and run again\n" in capsys.readouterr().err
+    assert sorted(p.name for p in fresh.iterdir()) == ["metrics.jsonl"]
+
+
+@pytest.mark.slow  # three runs of the CLI in subprocesses: about 40 s on a loaded 2-core machine
+@needs_rlimit_fsize
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays_whole(tiny, tmp_path) -> None:
+    """The kernel refuses the write (a file-size limit, EFBIG, as a full disk gives ENOSPC): no mock.
+    Run with ``make test-slow`` or ``pytest -m slow tests/detector/test_train_cli.py``."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "detector.train", *_data_args(tiny), "--out", str(out), "--iters", "4",
+               "--log-every", "1", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command + ["--stop-at", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    checkpoint = out / CHECKPOINT_NAME
+    before = checkpoint.read_bytes()
+
+    # Resumed with room for the metrics lines but not for the next checkpoint (written at iteration 4).
+    full = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300, env=env,
+                          preexec_fn=limit_file_size(len(before) // 2))
+    assert full.returncode == 2, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {checkpoint}: File too large; the last checkpoint is intact: free some space and "
+                      "run again with --resume"], full.stderr
+    assert full.stderr.rstrip().endswith(errors[0]) and "Traceback" not in full.stderr
+    assert checkpoint.read_bytes() == before and load_checkpoint(checkpoint)["iteration"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["last.pth", "metrics.jsonl"]  # no temporary file left
+
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "iterations: 4/4" in done.stdout and (out / "model_final.safetensors").is_file()
+    assert [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def _can_mount_tmpfs(tmp_path) -> bool:
+    where = tmp_path / "probe"
+    where.mkdir()
+    try:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               f"mount -t tmpfs -o size=64k tmpfs {where}"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.slow  # two runs of the CLI in subprocesses: about 30 s on a loaded 2-core machine
+def test_a_really_full_filesystem_is_one_line_and_the_last_checkpoint_stays_whole(tiny, tmp_path) -> None:
+    """ENOSPC from a small tmpfs (mounted in a user namespace), with room for one checkpoint and a half:
+    the new one cannot be written beside the old one, which must survive. Skips where user namespaces
+    or tmpfs mounts are not allowed."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
+    run, full = tmp_path / "run", tmp_path / "full"
+    command = [sys.executable, "-m", "detector.train", *_data_args(tiny), "--iters", "4", "--log-every", "1",
+               "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command + ["--out", str(run), "--stop-at", "2"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    before = (run / CHECKPOINT_NAME).read_bytes()
+    full.mkdir()
+    script = (f'mount -t tmpfs -o size={len(before) * 3 // 2} tmpfs "$1" && cp "$2"/* "$1"/ && shift 2 && '
+              f'"$@"; status=$?; cp {full}/{CHECKPOINT_NAME} {tmp_path}/after.pth; ls -A {full} > {tmp_path}/ls; '
+              'exit $status')
+    resumed = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(full),
+                              str(run), *command, "--out", str(full), "--resume"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 2, resumed.stderr
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {full / CHECKPOINT_NAME}: No space left on device; the last checkpoint is intact: "
+                      "free some space and run again with --resume"], resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert (tmp_path / "after.pth").read_bytes() == before
+    assert (tmp_path / "ls").read_text().split() == ["last.pth", "metrics.jsonl"]  # no temporary file left

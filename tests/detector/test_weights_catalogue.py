@@ -1,5 +1,10 @@
+import contextlib
+import functools
 import hashlib
+import http.server
 import json
+import threading
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -11,8 +16,10 @@ from detector.modeling.rcnn import RCNN
 from detector.modeling.transform import InputConfig
 from detector.predictor import Predictor
 from detector.weights import load_weights
+import detector.weights.__main__ as weights_cli
 from detector.weights.__main__ import main
-from detector.weights.catalogue import Entry, download, load_catalogue
+import detector.weights.catalogue as catalogue
+from detector.weights.catalogue import Entry, download, load_catalogue, verify_if_catalogued
 from detector.weights.loading import frozen_bn_eps_of
 from bench.reference import torchvision_reference
 
@@ -86,3 +93,127 @@ def test_sha256_of_reads_a_file_of_several_chunks(tmp_path):
     data = bytes(range(256)) * 5000  # 1.2 MiB: more than one 1 MiB read
     path.write_bytes(data)
     assert sha256_of(path) == sha256_of(str(path)) == hashlib.sha256(data).hexdigest()
+
+
+# ---- known by content: renamed files, tampered files, the full SHA-256 recorded at the first download
+
+
+def _with_prefix(data: bytes, prefix: str) -> bytes:
+    """Other bytes whose SHA-256 starts with ``prefix``: a file that a prefix alone cannot tell apart
+    (brute force; the test entries' 2-digit prefixes take a few hundred tries, torchvision's 8 digits
+    about 4 billion)."""
+    for i in range(1 << 16):
+        other = data + i.to_bytes(4, "little")
+        if hashlib.sha256(other).hexdigest().startswith(prefix):
+            return other
+    raise AssertionError(f"no variant with prefix {prefix}")
+
+
+@pytest.fixture
+def published(tmp_path, monkeypatch):
+    """A published file, its catalogue entry (a 2-digit prefix, no full hash, as torchvision's entries)
+    as the whole catalogue, and an empty cache."""
+    data = b"published weights" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    source = tmp_path / "published.pth"
+    source.write_bytes(data)
+    entry = Entry(name="test", preset="small_r18_fpn", url=source.as_uri(), file_name="model.pth",
+                  sha256_prefix=digest[:2], license="test")
+    for module in (catalogue, weights_cli):
+        monkeypatch.setattr(module, "load_catalogue", lambda path=None: {"test": entry})
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
+    return entry, data, digest
+
+
+@contextlib.contextmanager
+def _loopback_server(directory):
+    """An HTTP server on 127.0.0.1 serving ``directory``; yields its base address."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_renamed_catalogued_file_is_known_by_its_bytes(tmp_path, published, capsys):
+    entry, data, digest = published
+    renamed = tmp_path / "anything-else.bin"
+    renamed.write_bytes(data)
+    assert verify_if_catalogued(renamed) == entry
+    assert main(["verify", str(renamed)]) == 0
+    assert capsys.readouterr().out.strip() == f"{renamed}: OK ({digest}, test)"
+    unknown = tmp_path / "mine.pth"
+    unknown.write_bytes(_with_prefix(b"my own weights", "f" if digest[0] != "f" else "e"))
+    assert verify_if_catalogued(unknown) is None  # neither its name nor its hash claims an entry
+    assert main(["verify", str(unknown)]) == 2
+    assert "neither its SHA-256 nor its name is in the catalogue" in capsys.readouterr().err
+
+
+def test_a_tampered_file_under_a_catalogued_name_is_refused_naming_file_entry_and_hash(tmp_path, published, capsys):
+    entry, data, digest = published
+    tampered = tmp_path / "model.pth"
+    tampered.write_bytes(data.replace(b"weights", b"backdoor", 1))
+    bad = hashlib.sha256(tampered.read_bytes()).hexdigest()
+    assert not bad.startswith(entry.sha256_prefix)
+    with pytest.raises(ValueError) as refused:
+        verify_if_catalogued(tampered)
+    assert str(refused.value) == (f"{tampered}: SHA-256 {bad} does not match the catalogue's SHA-256 prefix for "
+                                  f"catalogue entry test ({entry.sha256_prefix}...); refusing to use it")
+    assert main(["verify", str(tampered)]) == 2
+    assert f"error: {tampered}: SHA-256 {bad} does not match" in capsys.readouterr().err
+
+
+def test_the_first_download_records_the_full_sha256_and_a_later_change_is_caught(tmp_path, published, capsys,
+                                                                                 monkeypatch):
+    entry, data, digest = published
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / entry.file_name).write_bytes(data)
+    cache = tmp_path / "cache"
+    with _loopback_server(served) as base:
+        entry = replace(entry, url=f"{base}/{entry.file_name}")
+        monkeypatch.setattr(weights_cli, "load_catalogue", lambda path=None: {"test": entry})
+        assert main(["download", "test"]) == 0  # python -m detector.weights download test, over HTTP
+    path = Path(capsys.readouterr().out.strip())
+    assert path == cache / "model.pth" and path.read_bytes() == data
+    record = cache / "model.pth.sha256"
+    assert record.read_text() == f"{digest}  model.pth\n"  # sha256sum's format
+    assert verify_if_catalogued(path).name == "test"
+
+    # Changed in place, with a hash that still starts as the catalogue's: the record catches it,
+    # under the catalogued name, under another name, and when the cache is asked for the file again.
+    changed = _with_prefix(data, entry.sha256_prefix)
+    path.write_bytes(changed)
+    moved = tmp_path / "renamed.pth"
+    moved.write_bytes(changed)
+    for candidate in (path, moved):
+        with pytest.raises(ValueError, match=f"does not match the SHA-256 recorded in {record}"):
+            verify_if_catalogued(candidate)
+    with pytest.raises(ValueError, match="recorded in"):
+        download(entry)
+    assert main(["verify", str(moved)]) == 2
+
+
+def test_a_record_that_contradicts_the_catalogue_vouches_for_nothing(tmp_path, published):
+    entry, data, digest = published
+    forged = _with_prefix(b"forged", "0" if not entry.sha256_prefix.startswith("0") else "1")
+    path = tmp_path / "model.pth"
+    path.write_bytes(forged)
+    (tmp_path / "model.pth.sha256").write_text(f"{hashlib.sha256(forged).hexdigest()}  model.pth\n")
+    with pytest.raises(ValueError, match="model.pth.sha256: records .* which the catalogue's .* contradicts"):
+        verify_if_catalogued(path)
+
+
+def test_a_download_that_does_not_match_leaves_no_file_and_no_record(tmp_path, published):
+    entry, data, digest = published
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / entry.file_name).write_bytes(data.replace(b"weights", b"backdoor", 1))
+    with _loopback_server(served) as base, pytest.raises(ValueError, match="does not match"):
+        download(replace(entry, url=f"{base}/{entry.file_name}"))
+    assert list((tmp_path / "cache").iterdir()) == []
