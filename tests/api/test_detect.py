@@ -64,26 +64,44 @@ def test_options_filter_and_shape_the_answer(client):
     assert all("mask" not in d and "keypoints" not in d for d in detections)
 
 
+def _sample() -> dict:
+    """The built-in model's sample image (a circle, a triangle and persons above 0.5), as an upload."""
+    return as_file(builtin_file("sample.png").read_bytes(), "sample.png", "image/png")
+
+
 def test_keypoints_only_for_persons(client):
-    # The built-in model's sample image: a circle, a triangle and persons above 0.5.
-    sample = builtin_file("sample.png").read_bytes()
-    response = client.post("/detect", files=as_file(sample, "sample.png", "image/png"))
+    response = client.post("/detect", files=_sample())
     assert response.status_code == 200, response.text
     found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}
     assert found == {("circle", False), ("triangle", False), ("person", True)}
 
 
 def test_score_threshold_drops_low_scores(client):
-    response = client.post("/detect", params={"score_threshold": 0.999}, files=as_file(jpeg()))
+    scores = [d["score"] for d in client.post("/detect", params=ALL, files=_sample()).json()["detections"]]
+    assert len(scores) > 6, scores
+    threshold = (scores[4] + scores[5]) / 2  # between the 5th and the 6th score
+    response = client.post("/detect", params={"score_threshold": threshold}, files=_sample())
     assert response.status_code == 200
-    assert all(d["score"] >= 0.999 for d in response.json()["detections"])
+    assert [d["score"] for d in response.json()["detections"]] == [s for s in scores if s >= threshold] == scores[:5]
 
 
 def test_polygon_masks(client):
-    pytest.importorskip("cv2", reason="the engine draws polygons with OpenCV")
-    response = client.post("/detect", params={**ALL, "masks": "polygon"}, files=as_file(jpeg()))
+    response = client.post("/detect", params={"masks": "polygon"}, files=_sample())
     assert response.status_code == 200, response.text
-    assert all("polygons" in d["mask"] for d in response.json()["detections"])
+    detections = response.json()["detections"]
+    assert len(detections) >= 3, detections  # the sample's circle, triangle and persons
+    for det in detections:
+        assert det["mask"]["size"] == [256, 249] and det["mask"]["polygons"], det
+        x1, y1, x2, y2 = det["bbox"]
+        for polygon in det["mask"]["polygons"]:
+            assert len(polygon) >= 6 and len(polygon) % 2 == 0  # [x1, y1, x2, y2, ...], 3 points at least
+            xs, ys = polygon[0::2], polygon[1::2]
+            # (x, y) order, in image pixels: every point lies in its detection's box, give or take the 3 px
+            # that pasting a 28x28 mask with a border of one cell adds to a box of this size
+            assert x1 - 3 <= min(xs) and max(xs) <= x2 + 3 and y1 - 3 <= min(ys) and max(ys) <= y2 + 3, det
+        xs = [x for polygon in det["mask"]["polygons"] for x in polygon[0::2]]
+        ys = [y for polygon in det["mask"]["polygons"] for y in polygon[1::2]]
+        assert max(xs) - min(xs) > (x2 - x1) / 2 and max(ys) - min(ys) > (y2 - y1) / 2  # the outline of the object
 
 
 def test_exif_rotation_gives_the_rotated_size(client):
