@@ -126,6 +126,16 @@ def test_render_gives_a_png_of_the_image(client):
     assert drawn.format == "PNG" and drawn.size == (64, 48)
 
 
+def test_render_draws_the_detections_on_the_image(client):
+    original = np.asarray(Image.open(builtin_file("sample.png")).convert("RGB"))  # (H, W, 3), lossless
+    response = client.post("/detect/render", files=_sample())
+    assert response.status_code == 200, response.text
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    assert drawn.shape == original.shape
+    changed = (drawn != original).any(axis=2)  # (H, W)
+    assert 0.01 < changed.mean() < 0.9  # the sample's objects drawn over it, the rest of the image kept
+
+
 def test_render_refuses_bad_input_like_detect(client):
     assert client.post("/detect/render", files=as_file(b"not an image")).status_code == 415
 
