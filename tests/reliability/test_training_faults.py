@@ -121,6 +121,7 @@ def _kill_after(proc: subprocess.Popen, out: Path, iteration: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # its own bounds: four training runs of up to 600 s or 300 s each
 def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_losses_exactly(tiny, tmp_path):
     rng = random.Random(SEED)
     whole = _start(tiny, tmp_path / "whole")
