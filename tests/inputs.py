@@ -21,6 +21,7 @@ def under_ci() -> bool:
 
 def missing_input(reason: str) -> NoReturn:
     """Skip with ``reason``, or, under CI=true, fail with it."""
+    __tracebackhide__ = True  # pytest reports the calling test's line, not this one
     if under_ci():
         pytest.fail(f"{reason}; CI=true, so it must be there", pytrace=False)
     pytest.skip(reason)

@@ -15,6 +15,7 @@ TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ti
 
 
 def tiny_coco_root() -> Path:
+    __tracebackhide__ = True  # a skip names the calling test's line
     if not (TINY_COCO / "annotations" / "instances_val2017.json").is_file():
         missing_input(f"the COCO sample is not at {TINY_COCO} (a shared/ folder beside the repository)")
     return TINY_COCO
