@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# A build or an install may take minutes on a loaded machine; each command has its own 600 s bound (_run).
+pytestmark = pytest.mark.timeout(1800)
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "detector", "api", "weights")  # what the build reads
 

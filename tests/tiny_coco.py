@@ -2,23 +2,20 @@
 with instances and person keypoints; for tests only, never copied into the project).
 
 ``tiny_coco_root()`` skips the calling test with the reason when the sample is absent, and fails it
-instead under ``CI=true``: CI provides the sample, so a missing one there is an error, not a skip.
+instead under ``CI=true`` (tests/inputs.py): CI provides the sample, so a missing one there is an error.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from tests.inputs import missing_input
 
 TINY_COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
 
 
 def tiny_coco_root() -> Path:
+    __tracebackhide__ = True  # a skip names the calling test's line
     if not (TINY_COCO / "annotations" / "instances_val2017.json").is_file():
-        reason = f"the COCO sample is not at {TINY_COCO} (a shared/ folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true, so it must be there")
-        pytest.skip(reason)
+        missing_input(f"the COCO sample is not at {TINY_COCO} (a shared/ folder beside the repository)")
     return TINY_COCO

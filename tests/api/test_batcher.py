@@ -1,5 +1,11 @@
 """api/batcher.py with plain callables: gathering, per-request isolation, bounded queue, deadlines,
-draining."""
+draining.
+
+The timing tests wait on events (a forward pass held until the test releases it, the queue's depth)
+rather than on sleeps, and bound waits from below (a load only lengthens them) or, from above, only
+against a window several times wider than the difference they check, so that a loaded machine does
+not fail them.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ class SlowDouble:
 
     def __call__(self, items: list) -> list:
         self.batches.append(list(items))
-        self.release.wait(5)
+        self.release.wait(10)  # (a bound, so that a failing test cannot hang the forward thread)
         time.sleep(self.delay_s)
         if self.fail_on is not None and self.fail_on in items:
             raise RuntimeError("boom")
@@ -33,6 +39,12 @@ class SlowDouble:
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def until(condition) -> None:
+    """Wait, yielding to the event loop, until ``condition()`` holds (``run`` bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0.001)
 
 
 async def started(fn, **kwargs) -> Batcher:
@@ -45,15 +57,15 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_results():
     fn = SlowDouble()
 
     async def main():
-        batcher = await started(fn, max_batch_size=4, max_wait_ms=100)
+        # A wide window: the batch is full, and runs, as soon as the 4 are queued.
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=10_000)
         outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)))
         await batcher.close()
         return outcomes
 
     outcomes = run(main())
     assert [o.value for o in outcomes] == [0, 2, 4, 6]
-    assert max(len(b) for b in fn.batches) > 1
-    assert all(o.batch_size == len(fn.batches[0]) for o in outcomes[: len(fn.batches[0])])
+    assert fn.batches == [[0, 1, 2, 3]] and [o.batch_size for o in outcomes] == [4, 4, 4, 4]
 
 
 def test_batches_never_exceed_max_batch_size_and_keep_order():
@@ -72,23 +84,22 @@ def test_batches_never_exceed_max_batch_size_and_keep_order():
 
 def test_a_lone_request_waits_at_most_max_wait():
     async def main():
-        batcher = await started(SlowDouble(delay_s=0), max_batch_size=8, max_wait_ms=30)
-        t0 = time.monotonic()
+        batcher = await started(SlowDouble(delay_s=0), max_batch_size=8, max_wait_ms=300)
         outcome = await batcher.submit(1)
-        elapsed = time.monotonic() - t0
         await batcher.close()
-        return outcome, elapsed
+        return outcome
 
-    outcome, elapsed = run(main())
+    outcome = run(main())
     assert outcome.value == 2 and outcome.batch_size == 1
-    assert 0.02 < elapsed < 1.0
+    # It waited its window for company, then went alone: not for the 7 missing items (7 x 0.3 s).
+    assert 0.29 < outcome.queue_s < 2.0
 
 
 def test_requests_one_at_a_time_start_at_once_and_company_brings_the_wait_back():
     fn = SlowDouble(delay_s=0)
 
     async def main():
-        batcher = await started(fn, max_batch_size=4, max_wait_ms=300)
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=1000)
         first = await batcher.submit(1)  # a fresh batcher waits for company
         serial = [await batcher.submit(i) for i in (2, 3)]  # nobody came: one at a time, no wait
         burst = await asyncio.gather(*(batcher.submit(i) for i in (4, 5, 6)))  # queued together: one pass
@@ -99,32 +110,31 @@ def test_requests_one_at_a_time_start_at_once_and_company_brings_the_wait_back()
     first, serial, burst, after_company = run(main())
     assert fn.batches == [[1], [2], [3], [4, 5, 6], [7]]
     assert [o.value for o in burst] == [8, 10, 12]
-    assert first.queue_s > 0.25 and after_company.queue_s > 0.25
-    assert all(o.queue_s < 0.15 for o in serial)  # well under the 300 ms window
+    assert first.queue_s > 0.95 and after_company.queue_s > 0.95
+    assert all(o.queue_s < 0.5 for o in serial)  # not the 1 s window
 
 
 def test_a_request_queued_behind_a_lone_pass_is_company():
     fn = SlowDouble(delay_s=0)
 
     async def main():
-        batcher = await started(fn, max_batch_size=4, max_wait_ms=300)
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=1000)
         await batcher.submit(0)  # a fresh batcher waits, then runs it alone: serial from now on
         fn.release.clear()
         running = asyncio.create_task(batcher.submit(1))  # starts at once, held in the forward pass
-        while len(fn.batches) < 2:
-            await asyncio.sleep(0.005)
+        await until(lambda: len(fn.batches) == 2)
         queued = asyncio.create_task(batcher.submit(2))  # arrives while it runs: concurrent traffic
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.depth == 1)
         fn.release.set()
         await running
-        behind = await queued  # waits for company again, up to 300 ms after it arrived
+        behind = await queued  # waits for company again, up to 1 s after it arrived
         alone = await batcher.submit(3)  # [2] had nobody behind it: serial again
         await batcher.close()
         return behind, alone
 
     behind, alone = run(main())
     assert fn.batches == [[0], [1], [2], [3]]
-    assert behind.queue_s > 0.25 and alone.queue_s < 0.15
+    assert behind.queue_s > 0.95 and alone.queue_s < 0.5
 
 
 def test_one_bad_item_fails_only_its_request():
@@ -174,14 +184,12 @@ def test_full_queue_refuses_at_once_with_a_retry_hint():
     async def main():
         batcher = await started(fn, max_batch_size=1, max_wait_ms=0, queue_size=1)
         running = asyncio.create_task(batcher.submit(1))
-        while not fn.batches:  # the first item is in the forward pass, blocked
-            await asyncio.sleep(0.005)
+        await until(lambda: fn.batches == [[1]])  # the first item is in the forward pass, held
         queued = asyncio.create_task(batcher.submit(2))
-        await asyncio.sleep(0.01)
-        t0 = time.monotonic()
-        with pytest.raises(QueueFull) as refused:
+        await until(lambda: batcher.depth == 1)  # the second fills the queue
+        with pytest.raises(QueueFull) as refused:  # at once: the held pass would let nothing in
             await batcher.submit(3)
-        assert time.monotonic() - t0 < 0.05
+        assert not running.done() and not queued.done()
         with pytest.raises(QueueFull):
             batcher.ensure_room()
         fn.release.set()
@@ -196,23 +204,22 @@ def test_full_queue_refuses_at_once_with_a_retry_hint():
 
 
 def test_a_request_past_its_deadline_is_not_run():
-    fn = SlowDouble(delay_s=0.3)
+    fn = SlowDouble(delay_s=0)
+    fn.release.clear()
 
     async def main():
-        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=0.1)
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=0.2)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0.02)
-        t0 = time.monotonic()
+        await until(lambda: fn.batches == [[1]])  # its forward pass runs, held until released
         with pytest.raises(DeadlineExceeded):
-            await batcher.submit(2)  # waits behind the 0.3 s forward
-        waited = time.monotonic() - t0
+            await batcher.submit(2)  # waits behind the held pass
+        assert not first.done()  # answered at its deadline, not when the pass ahead of it ended
+        fn.release.set()
         assert (await first).value == 2  # started before its deadline: it finishes
         await batcher.close()
-        return waited
 
-    waited = run(main())
-    assert waited < 0.25
-    assert [2] not in fn.batches
+    run(main())
+    assert fn.batches == [[1]]
 
 
 def test_a_forward_pass_past_its_timeout_answers_its_requests_and_says_it_is_stalled():
@@ -224,12 +231,11 @@ def test_a_forward_pass_past_its_timeout_answers_its_requests_and_says_it_is_sta
         assert not batcher.stalled and batcher.forward_age_s == 0.0
         t0 = time.monotonic()
         with pytest.raises(ForwardTimeout, match="0.2 s"):
-            await batcher.submit(1)
+            await batcher.submit(1)  # its pass is held until the test releases it, below
         waited = time.monotonic() - t0
-        await asyncio.sleep(0.05)
         assert batcher.stalled and batcher.forward_age_s > 0.2  # still running: the probe can tell
         queued = asyncio.create_task(batcher.submit(2))  # waits behind the stuck pass
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.depth == 1)
         fn.release.set()  # the pass ends (its result is dropped); the queue moves again
         assert (await queued).value == 4
         assert not batcher.stalled and batcher.forward_age_s == 0.0
@@ -237,21 +243,23 @@ def test_a_forward_pass_past_its_timeout_answers_its_requests_and_says_it_is_sta
         return waited
 
     waited = run(main())
-    assert 0.2 <= waited < 1.0
+    assert 0.2 <= waited < 5.0  # answered at its timeout (nothing but the test ends the held pass)
     assert fn.batches == [[1], [2]]
 
 
 def test_the_forward_timeout_counts_from_the_pass_start_not_from_the_queue():
-    """The second request waits 0.4 s behind the first, then runs 0.4 s: 0.8 s after it came, but
-    0.4 s after its pass began, within the 0.7 s."""
-    fn = SlowDouble(delay_s=0.4)
+    """Two passes of 1 s each, one after the other, with a forward timeout of 1.75 s: the second request
+    comes at once, waits 1 s behind the first, then runs 1 s: 2 s after it came, but 1 s after its pass
+    began. (A slow machine may stretch a pass by up to 0.75 s before this fails; the second request looks
+    at its clock at 1.75 s, in its pass, where counting from the queue would time it out.)"""
+    fn = SlowDouble(delay_s=1.0)
 
     async def main():
-        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=10, forward_timeout_s=0.7)
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0, timeout_s=30, forward_timeout_s=1.75)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0.02)
+        await until(lambda: fn.batches == [[1]])
         second = asyncio.create_task(batcher.submit(2))
-        values = [(await first).value, (await second).value]  # 0.4 s each: within 0.7 s from their start
+        values = [(await first).value, (await second).value]
         await batcher.close()
         return values
 
@@ -259,20 +267,24 @@ def test_the_forward_timeout_counts_from_the_pass_start_not_from_the_queue():
 
 
 def test_a_cancelled_request_is_not_run():
-    fn = SlowDouble(delay_s=0.2)
+    fn = SlowDouble(delay_s=0)
+    fn.release.clear()
 
     async def main():
         batcher = await started(fn, max_batch_size=1, max_wait_ms=0)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0.02)
+        await until(lambda: fn.batches == [[1]])
         gone = asyncio.create_task(batcher.submit(2))
-        await asyncio.sleep(0.02)
+        await until(lambda: batcher.depth == 1)
         gone.cancel()  # e.g. the client disconnected
+        fn.release.set()
         await first
+        after = await batcher.submit(3)  # served after the cancelled one would have been
         await batcher.close()
+        return after
 
-    run(main())
-    assert [2] not in fn.batches
+    assert run(main()).value == 6
+    assert fn.batches == [[1], [3]]
 
 
 def test_close_serves_the_queue_then_refuses():

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.inputs import missing_input
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def _compose() -> list[str] | None:
 def test_compose_file_validates():
     compose = _compose()
     if compose is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)")
+        missing_input("neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)")
     result = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "/readyz" in result.stdout and "capabilities" in result.stdout and "nvidia" in result.stdout

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -64,26 +66,44 @@ def test_options_filter_and_shape_the_answer(client):
     assert all("mask" not in d and "keypoints" not in d for d in detections)
 
 
+def _sample() -> dict:
+    """The built-in model's sample image (a circle, a triangle and persons above 0.5), as an upload."""
+    return as_file(builtin_file("sample.png").read_bytes(), "sample.png", "image/png")
+
+
 def test_keypoints_only_for_persons(client):
-    # The built-in model's sample image: a circle, a triangle and persons above 0.5.
-    sample = builtin_file("sample.png").read_bytes()
-    response = client.post("/detect", files=as_file(sample, "sample.png", "image/png"))
+    response = client.post("/detect", files=_sample())
     assert response.status_code == 200, response.text
     found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}
     assert found == {("circle", False), ("triangle", False), ("person", True)}
 
 
 def test_score_threshold_drops_low_scores(client):
-    response = client.post("/detect", params={"score_threshold": 0.999}, files=as_file(jpeg()))
+    scores = [d["score"] for d in client.post("/detect", params=ALL, files=_sample()).json()["detections"]]
+    assert len(scores) > 6, scores
+    threshold = (scores[4] + scores[5]) / 2  # between the 5th and the 6th score
+    response = client.post("/detect", params={"score_threshold": threshold}, files=_sample())
     assert response.status_code == 200
-    assert all(d["score"] >= 0.999 for d in response.json()["detections"])
+    assert [d["score"] for d in response.json()["detections"]] == [s for s in scores if s >= threshold] == scores[:5]
 
 
 def test_polygon_masks(client):
-    pytest.importorskip("cv2", reason="the engine draws polygons with OpenCV")
-    response = client.post("/detect", params={**ALL, "masks": "polygon"}, files=as_file(jpeg()))
+    response = client.post("/detect", params={"masks": "polygon"}, files=_sample())
     assert response.status_code == 200, response.text
-    assert all("polygons" in d["mask"] for d in response.json()["detections"])
+    detections = response.json()["detections"]
+    assert len(detections) >= 3, detections  # the sample's circle, triangle and persons
+    for det in detections:
+        assert det["mask"]["size"] == [256, 249] and det["mask"]["polygons"], det
+        x1, y1, x2, y2 = det["bbox"]
+        for polygon in det["mask"]["polygons"]:
+            assert len(polygon) >= 6 and len(polygon) % 2 == 0  # [x1, y1, x2, y2, ...], 3 points at least
+            xs, ys = polygon[0::2], polygon[1::2]
+            # (x, y) order, in image pixels: every point lies in its detection's box, give or take the 3 px
+            # that pasting a 28x28 mask with a border of one cell adds to a box of this size
+            assert x1 - 3 <= min(xs) and max(xs) <= x2 + 3 and y1 - 3 <= min(ys) and max(ys) <= y2 + 3, det
+        xs = [x for polygon in det["mask"]["polygons"] for x in polygon[0::2]]
+        ys = [y for polygon in det["mask"]["polygons"] for y in polygon[1::2]]
+        assert max(xs) - min(xs) > (x2 - x1) / 2 and max(ys) - min(ys) > (y2 - y1) / 2  # the outline of the object
 
 
 def test_exif_rotation_gives_the_rotated_size(client):
@@ -106,6 +126,16 @@ def test_render_gives_a_png_of_the_image(client):
     assert "inference;dur=" in response.headers["server-timing"]
     drawn = Image.open(io.BytesIO(response.content))
     assert drawn.format == "PNG" and drawn.size == (64, 48)
+
+
+def test_render_draws_the_detections_on_the_image(client):
+    original = np.asarray(Image.open(builtin_file("sample.png")).convert("RGB"))  # (H, W, 3), lossless
+    response = client.post("/detect/render", files=_sample())
+    assert response.status_code == 200, response.text
+    drawn = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+    assert drawn.shape == original.shape
+    changed = (drawn != original).any(axis=2)  # (H, W)
+    assert 0.01 < changed.mean() < 0.9  # the sample's objects drawn over it, the rest of the image kept
 
 
 def test_render_refuses_bad_input_like_detect(client):
@@ -180,30 +210,87 @@ def _metric(client, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+class HangingPredictor:
+    """The real predictor, except that its first forward after the warm-up blocks until ``release`` is set
+    (``entered`` says it has begun): the tests hold a pass, rather than hoping one is slow enough."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == 2:  # the first call is the warm-up at start
+            self.entered.set()
+            self.release.wait(30)
+        return self._real.predict(images)
+
+
+@contextmanager
+def one_held_request(client, hanging: HangingPredictor) -> Iterator[Future]:
+    """A request whose forward pass is running, held, while the block runs; released when it ends."""
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(client.post, "/detect", files=as_file(jpeg()))
+            assert hanging.entered.wait(30), "the first forward pass never began"
+            yield first
+        finally:
+            hanging.release.set()
+
+
+def _wait_for_depth(client, depth: int) -> None:
+    """Until ``depth`` requests wait in the batcher's queue (behind the pass running now)."""
+    deadline = time.monotonic() + 30
+    while client.app.state.service.batcher.depth != depth:
+        assert time.monotonic() < deadline, client.app.state.service.batcher.depth
+        time.sleep(0.005)
+
+
 def test_concurrent_requests_are_batched(predictor):
-    with serving(predictor, max_batch_size=4, max_wait_ms=500) as client:
-        responses = _post_concurrently(client, [jpeg(64, 48), jpeg(32, 32), jpeg(48, 64)])
+    hanging = HangingPredictor(predictor)
+    with serving(hanging, max_batch_size=4, max_wait_ms=500) as client:
+        with one_held_request(client, hanging) as first:
+            with ThreadPoolExecutor(3) as pool:  # three more arrive while the first pass runs
+                queued = [pool.submit(client.post, "/detect", files=as_file(jpeg(w, h)))
+                          for w, h in [(64, 48), (32, 32), (48, 64)]]
+                _wait_for_depth(client, 3)
+                hanging.release.set()
+                responses = [f.result() for f in queued]
+        assert first.result().status_code == 200
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert [(r.json()["width"], r.json()["height"]) for r in responses] == [(64, 48), (32, 32), (48, 64)]
-        # Fewer forward passes than images: at least one batch held more than one request.
-        assert _metric(client, "detector_batch_size_count") < _metric(client, "detector_batch_size_sum") == 3
+        # Two forward passes for four images: the three that waited together shared one.
+        assert (_metric(client, "detector_batch_size_count"), _metric(client, "detector_batch_size_sum")) == (2, 4)
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(predictor):
-    with serving(predictor, max_batch_size=1, max_wait_ms=0, queue_size=1) as client:
-        responses = _post_concurrently(client, [jpeg()] * 5)
-        statuses = sorted(r.status_code for r in responses)
-        assert 200 in statuses and 503 in statuses, statuses
-        refused = next(r for r in responses if r.status_code == 503)
+    hanging = HangingPredictor(predictor)
+    with serving(hanging, max_batch_size=1, max_wait_ms=0, queue_size=1) as client:
+        with one_held_request(client, hanging) as first, ThreadPoolExecutor(1) as pool:
+            queued = pool.submit(client.post, "/detect", files=as_file(jpeg()))
+            _wait_for_depth(client, 1)  # the queue is full
+            refused = client.post("/detect", files=as_file(jpeg()))  # answered while the pass is held
+            hanging.release.set()
+            assert (first.result().status_code, queued.result().status_code) == (200, 200)
+        assert refused.status_code == 503, refused.text
         assert int(refused.headers["retry-after"]) >= 1 and "busy" in refused.json()["detail"]
 
 
 def test_request_past_its_deadline_gets_504_and_is_not_run(predictor):
-    with serving(predictor, max_batch_size=1, max_wait_ms=0, request_timeout_s=0.2) as client:
-        responses = _post_concurrently(client, [jpeg()] * 3)
-        statuses = sorted(r.status_code for r in responses)
-        assert statuses[0] == 200 and 504 in statuses, statuses
-        assert _metric(client, "detector_batch_size_count") == statuses.count(200)
+    hanging = HangingPredictor(predictor)
+    with serving(hanging, max_batch_size=1, max_wait_ms=0, request_timeout_s=0.2) as client:
+        with one_held_request(client, hanging) as first:
+            late = [client.post("/detect", files=as_file(jpeg())) for _ in range(2)]  # behind the held pass
+            assert not first.done()  # answered at their deadline, not when the pass ahead ended
+            hanging.release.set()
+            assert first.result().status_code == 200  # started before its deadline: it finishes
+        assert [r.status_code for r in late] == [504, 504], [r.text for r in late]
+        assert _metric(client, "detector_batch_size_count") == 1  # the late ones never ran
 
 
 class PoisonedPredictor:
@@ -218,24 +305,6 @@ class PoisonedPredictor:
     def predict(self, images):
         if any(image.shape[1] == 13 for image in images):
             raise RuntimeError("poisoned image")
-        return self._real.predict(images)
-
-
-class HangingPredictor:
-    """The real predictor, except that its first forward blocks until ``release`` is set."""
-
-    def __init__(self, real) -> None:
-        self._real = real
-        self.release = threading.Event()
-        self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def predict(self, images):
-        self.calls += 1
-        if self.calls == 2:  # the first call is the warm-up at start
-            self.release.wait(30)
         return self._real.predict(images)
 
 
@@ -295,11 +364,17 @@ def test_simultaneous_requests_of_mixed_sizes_share_passes_and_each_gets_its_own
     # each alone; the engine runs each padded size as its own group, and 4:3 at two scales share one.
     sizes = [(96, 72), (72, 96), (100, 100), (160, 120), (200, 80), (120, 160)]
     bodies = [_scene(w, h, seed) for seed, (w, h) in enumerate(sizes)]
-    with serving(predictor, max_batch_size=4, max_wait_ms=200) as client:
-        responses = _post_concurrently(client, bodies, **ALL)
+    hanging = HangingPredictor(predictor)
+    with serving(hanging, max_batch_size=4, max_wait_ms=200) as client:
+        with one_held_request(client, hanging) as first, ThreadPoolExecutor(len(bodies)) as pool:
+            futures = [pool.submit(client.post, "/detect", params=ALL, files=as_file(body)) for body in bodies]
+            _wait_for_depth(client, len(bodies))  # all six wait together behind the held pass
+            hanging.release.set()
+            responses = [f.result() for f in futures]
+        assert first.result().status_code == 200
         assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
         passes, images = _metric(client, "detector_batch_size_count"), _metric(client, "detector_batch_size_sum")
-    assert images == len(bodies) and passes < len(bodies)
+    assert (passes, images) == (3, 1 + len(bodies))  # the held one, then the six in batches of 4 and 2
     options = DetectOptions(**ALL)
     for body, response in zip(bodies, responses):
         image = decode_image(body, max_pixels=10**8)

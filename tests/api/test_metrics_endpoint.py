@@ -3,6 +3,8 @@ queue depth; each app has its own registry."""
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
+
 from api.main import create_app
 from tests.api.api_images import jpeg
 from tests.api.serving import as_file, settings
@@ -33,5 +35,10 @@ def test_metrics_count_requests_batches_and_queue(client):
 
 
 def test_each_app_has_its_own_registry():
-    first, second = create_app(settings()), create_app(settings())  # would raise "Duplicated timeseries" if shared
-    assert first.state.service.metrics.registry is not second.state.service.metrics.registry
+    # Two apps in one process: building the second would raise "Duplicated timeseries" on a shared registry,
+    # and a request to one must count in its own /metrics only. (No `with`: no model loads; none is needed.)
+    first, second = TestClient(create_app(settings())), TestClient(create_app(settings()))
+    assert first.get("/no/such/page").status_code == 404
+    counted = 'detector_requests_total{method="GET",route="unmatched",status="404"} 1.0'
+    assert counted in first.get("/metrics").text
+    assert 'route="unmatched"' not in second.get("/metrics").text

@@ -1,7 +1,8 @@
 """The page at GET /: served as plain files, and driven in headless Chromium against the real
 service in a subprocess (the small random-init model), with an API key configured.
 
-The browser tests skip, saying why, only when no Chromium and chromedriver are on PATH.
+The browser tests skip, saying why, only when no Chromium and chromedriver are on PATH (and fail then
+under CI=true: tests/inputs.py).
 ``DETECTOR_SCREENSHOT_DIR``: where the screenshot of the drawn page goes (else pytest's tmp dir).
 """
 
@@ -26,6 +27,7 @@ from tests.api.browser.chrome import NO_BROWSER, find_browser, start_chrome
 from tests.api.browser.page import SLIDER_POSITIONS, DetectorPage
 from tests.api.browser.server import detect_requests, serve
 from tests.api.serving import settings
+from tests.inputs import missing_input
 
 KEY = "page-test-key"
 W, H = 640, 480
@@ -81,7 +83,7 @@ def test_the_page_is_not_in_the_api_document(plain_client):
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory) -> Iterator[str]:
     if find_browser() is None:
-        pytest.skip(NO_BROWSER)
+        missing_input(NO_BROWSER)
     with serve(tmp_path_factory.mktemp("server"), api_keys=KEY) as base:
         yield base
 
@@ -90,7 +92,7 @@ def base_url(tmp_path_factory) -> Iterator[str]:
 def driver(tmp_path_factory) -> Iterator[Chrome]:
     found = find_browser()
     if found is None:
-        pytest.skip(NO_BROWSER)
+        missing_input(NO_BROWSER)
     driver = start_chrome(*found, profile_dir=tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()

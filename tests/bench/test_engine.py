@@ -18,14 +18,18 @@ def test_engine_bench_runs_at_a_tiny_size(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["impl"] for r in rows] == ["torchvision", "torchvision+kept-memory", "ours-exact", "ours-fast"]
     assert [r["kept_memory"] for r in rows] == [False, True, True, True]
-    assert all(r["page_faults"] >= 0 and r["kernel_s"] >= 0 for r in rows)
+    # Counted over the pass alone: a first pass faults its memory in; its system time fits in its wall time
+    # (a count since the process started would not); keeping freed memory means fewer faults.
+    assert all(r["page_faults"] > 0 and 0 <= r["kernel_s"] <= r["total_s"] for r in rows), rows
+    assert rows[1]["page_faults"] < rows[0]["page_faults"]
     assert rows[0]["detections"] == rows[1]["detections"] == rows[2]["detections"]  # the same model, bit for bit
     assert rows[2]["vs_torchvision"] == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
     for row in rows[2:]:
         assert set(row["stages_s"]) == set(STAGES) and row["stages_s"]["backbone"] > 0 and row["stages_s"]["mask"] > 0
         assert row["speedup"] > 0 and row["speedup_range"][0] <= row["speedup"] <= row["speedup_range"][1]
     assert rows[3]["speedup_vs_exact"] > 0 and "speedup_vs_exact" not in rows[2]
-    assert 0.0 <= rows[3]["vs_exact"]["matched"] <= 1.0
+    # "fast" is the exact model up to float rounding (tests/detector/modeling/test_fast_inference.py's bounds).
+    assert rows[3]["vs_exact"]["matched_1px"] == 1.0 and rows[3]["vs_exact"]["max_score_diff"] < 5e-3
     assert "ours-fast" in capsys.readouterr().out
 
 

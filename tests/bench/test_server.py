@@ -73,7 +73,9 @@ def test_server_bench_sweeps_concurrency_and_times_the_engine_alone(service_url,
     for r in run["rows"]:
         assert r["ok"] == 3 and r["errors"] == {} and r["requests_per_s"] > 0
         assert r["p50_s"] <= r["p95_s"] <= r["p99_s"]
-        assert r["forward_passes"] >= 1 and 1 <= r["mean_batch"] <= 3
+        # The passes between the level's two /metrics readings held its 3 images, each once.
+        assert 1 <= r["forward_passes"] <= 3 and r["forward_passes"] * r["mean_batch"] == pytest.approx(3, abs=0.02)
+    assert run["rows"][0]["forward_passes"] == 3  # one client at a time: nobody to batch with
     assert run["model"]["speed"] == "fast"  # the engine baseline is loaded at the server's speed
     engine = run["engine"]
     assert engine["runs"] == 2 and engine["threads"] == 1

@@ -207,7 +207,8 @@ def test_real_model_over_generated_images(tmp_path, capsys):
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics["bbox"]) >= {"AP", "AP50", "AR100"} and set(metrics["keypoints"]) >= {"AP", "AR"}
     for iou_type in ("bbox", "segm", "keypoints"):
-        assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
+        # The built-in model finds the synthetic shapes (AP 0.35-0.42); a wrong category map or box format gives ~0.
+        assert metrics[iou_type]["AP"] > 0.2 and all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
     results = json.loads(results_path.read_text())
     assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
     persons = {c["id"] for c in json.loads(paths.val_annotations.read_text())["categories"] if "keypoints" in c}

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -130,10 +131,18 @@ def test_an_app_started_a_second_time_is_ready_again_and_serves(predictor):
 # ---- the real process
 
 
+def _established(port: int) -> int:
+    """TCP connections accepted on ``port`` of this machine and still open (/proc/net/tcp: the local
+    address's port in hex, state 01 = ESTABLISHED)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(int(row[1].rsplit(":", 1)[1], 16) == port and row[3] == "01" for row in rows)
+
+
 def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(tmp_path):
     n = 6
-    # A batch of up to 8 waits 3 s for company: the 6 requests are all in flight, however fast the machine.
-    flags = ["--max-batch-size", "8", "--max-wait-ms", "3000", "--log-level", "warning"]
+    # A batch of up to 8 waits 8 s for company: the 6 requests are all in flight when the signal comes, as
+    # soon as the server has accepted them (uvicorn lets in-flight requests finish: this test takes ~9 s).
+    flags = ["--max-batch-size", "8", "--max-wait-ms", "8000", "--log-level", "warning"]
     with running(tmp_path, *flags) as server:
         server.wait_ready()
         results: list = [None] * n
@@ -148,7 +157,11 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(tmp_path):
         threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # all sent, none answered
+        port, deadline = int(server.base.rsplit(":", 1)[1]), time.monotonic() + 60
+        while _established(port) < n:  # all sent, none answered
+            assert time.monotonic() < deadline and not any(results), (results, server.output())
+            time.sleep(0.01)
+        time.sleep(0.2)  # (accepted: their few hundred bytes are read at once)
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for t in threads:

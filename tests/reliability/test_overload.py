@@ -65,6 +65,7 @@ def _answered(metrics_text: str) -> Counter:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # its own bound: 3 waves of at most WAVE_TIMEOUT_S each
 def test_twice_the_capacity_is_served_or_refused_at_once_and_memory_stays_flat(tmp_path):
     flags = ["--queue-size", str(QUEUE_SIZE), "--max-batch-size", str(MAX_BATCH), "--max-wait-ms", "20",
              "--request-timeout-s", "120", "--log-level", "warning"]  # fmt: skip

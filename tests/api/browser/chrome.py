@@ -2,7 +2,7 @@
 
 The browser is whatever Chromium (or Chrome) and chromedriver are on PATH; Debian's ``chromium``
 and ``chromium-driver`` packages give /usr/bin/chromium and /usr/bin/chromedriver (.ci/run
-installs them). Tests skip, saying so, when there is none.
+installs them). Tests skip, saying so, when there is none, and fail under CI=true (tests/inputs.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ def _assert_perfect(result):
         assert result.stats[name] == pytest.approx(1.0), name
     # Area ranges: 1 where the ground truth has objects of that size, -1 where it has none.
     assert all(v == pytest.approx(1.0) or v == -1.0 for k, v in result.stats.items() if k.startswith("AP"))
-    assert all(ap == pytest.approx(1.0) for ap in result.per_category_ap.values() if not np.isnan(ap))
+    scored = [ap for ap in result.per_category_ap.values() if not np.isnan(ap)]
+    assert scored and all(ap == pytest.approx(1.0) for ap in scored)
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
@@ -89,7 +90,7 @@ def test_no_results_score_0(small_coco, tiny_keypoints, iou_type):
         result = evaluate_coco(coco_gt, [], iou_type)
         assert result.stats["AP"] == 0.0
         assert all(v in (0.0, -1.0) for v in result.stats.values())
-        assert all(ap == 0.0 for ap in result.per_category_ap.values())
+        assert result.per_category_ap and all(ap == 0.0 for ap in result.per_category_ap.values())
 
 
 def test_results_without_the_iou_types_field_score_0(small_coco):

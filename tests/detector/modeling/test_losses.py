@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from detector.modeling.box_head import fastrcnn_loss
 from detector.modeling.keypoint_head import keypoint_loss, keypoint_targets
@@ -9,13 +8,16 @@ from detector.modeling.rcnn import RCNN
 from detector.structures import Targets
 
 
-def test_smooth_l1_values():
-    # 0.5 x^2 / beta below beta, |x| - 0.5 beta above: beta = 1/9
+def test_fastrcnn_box_loss_is_quadratic_below_beta_and_linear_above():
+    # 0.5 x^2 / beta below beta, |x| - 0.5 beta above (beta = 1/9): the loss gets its beta, is neither L1
+    # (beta 0) nor torch's default (beta 1), and sums over the coordinates of each foreground RoI.
     beta = 1.0 / 9
-    pred = torch.tensor([0.0, 0.0, 0.0])
-    target = torch.tensor([0.05, -0.5, 2.0])
-    expected = torch.tensor([0.5 * 0.05**2 / beta, 0.5 - 0.5 * beta, 2.0 - 0.5 * beta])
-    torch.testing.assert_close(F.smooth_l1_loss(pred, target, beta=beta, reduction="none"), expected)
+    deltas = torch.zeros(2, 12)
+    deltas[0, 4:6] = torch.tensor([0.05, -0.05])  # class 1 of RoI 0: below beta
+    deltas[1, 8] = 2.0  # class 2 of RoI 1: above beta
+    losses = fastrcnn_loss(torch.zeros(2, 3), deltas, torch.tensor([1, 2]), torch.zeros(2, 4), beta=beta)
+    expected = (2 * 0.5 * 0.05**2 / beta + (2.0 - 0.5 * beta)) / 2
+    torch.testing.assert_close(losses["loss_box_reg"], torch.tensor(expected))
 
 
 def test_fastrcnn_box_loss_uses_the_gt_class_and_normalises_by_all_rois():

@@ -82,5 +82,6 @@ def test_worker_processes_give_the_same_batches(coco) -> None:
     serial, parallel = epoch_of(0), epoch_of(2)
     assert len(serial) == len(parallel) > 0
     for (images_a, boxes_a), (images_b, boxes_b) in zip(serial, parallel):
+        assert len(images_a) == len(images_b) == len(boxes_a) == len(boxes_b) > 0
         assert all(torch.equal(a, b) for a, b in zip(images_a, images_b))
         assert all(torch.equal(a, b) for a, b in zip(boxes_a, boxes_b))
