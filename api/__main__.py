@@ -3,6 +3,9 @@
 Each setting (``api/settings.py``) has a flag, ``--max-batch-size 8`` for ``max_batch_size``;
 flags override ``DETECTOR_*`` environment variables, which override the defaults.
 
+Process-wide settings are applied here, at startup, not by ``create_app``: malloc keeps freed
+memory on the CPU (``keep_freed_memory``) and Pillow's own bomb guard admits what ``max_pixels`` admits.
+
 SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish,
 queued ones are served, and the process exits 0.
 """
@@ -20,6 +23,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from api.settings import Settings
+from detector import memory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from api.main import create_app  # here, not at the top: --help need not import torch
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_process(settings)
     app = create_app(settings)
 
     def drain() -> None:
@@ -74,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _already_handled)
     server.run()
     return 0 if server.started else 1
+
+
+def configure_process(settings: Settings) -> None:
+    """What the service changes in its whole process, once, before it serves: malloc's settings on the
+    CPU (``detector.memory``), and Pillow's own bomb guard, raised so that it never refuses an image that
+    ``max_pixels`` admits (Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that;
+    ``api.decode`` checks ``max_pixels`` itself, before decoding)."""
+    from PIL import Image
+
+    if settings.keep_freed_memory:
+        memory.keep_freed_memory_for(settings.device)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < settings.max_pixels:
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
 
 
 def _already_handled(sig: int, frame: FrameType | None) -> None:

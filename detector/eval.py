@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from detector import memory
 from detector.evaluation.category_map import label_to_category_id
 from detector.evaluation.coco_eval import CocoEvalResult, evaluate_coco
 from detector.evaluation.coco_results import RESULT_KEY, iou_types_in, load_results, write_results
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help=memory.FLAG_HELP)
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
                         help="default: every type that the model or the results file provides")
     parser.add_argument("--out", type=Path, metavar="RESULTS.json", help="write the COCO results here")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.model and args.keep_freed_memory:
+        memory.keep_freed_memory_for(args.device)
     ctx = init_distributed()
     try:
         return _run(args, ctx)

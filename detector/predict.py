@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from detector import memory
 from detector.data.images import read_image
 from detector.modeling.presets import PRESETS
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help=memory.FLAG_HELP)
     p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"])
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     args = p.parse_args(argv)
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from detector.predictor import Predictor  # torch import after argument errors
+
+    if args.keep_freed_memory:
+        memory.keep_freed_memory_for(args.device)
 
     try:
         images = [read_image(path) for path in args.images]  # every file is checked before any work

@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from detector import memory
 from detector.modeling.fuse import bf16_is_fast
 from detector.modeling.mask_paste import paste_masks
 from detector.modeling.presets import get_preset
@@ -45,15 +44,12 @@ class Predictor:
         name: str = "custom",
         weights_path: Path | None = None,
         speed: str = "fast",
-        keep_freed_memory: bool = True,
     ) -> None:
-        """``keep_freed_memory``: on the CPU, have malloc keep freed tensor memory for the next forward
-        pass instead of faulting it in again (process-wide; ``detector.memory``)."""
+        """Changes nothing outside itself: process-wide settings (``detector.memory.keep_freed_memory``,
+        for the CPU) are the caller's to apply, as the CLIs and the service do."""
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
-        if keep_freed_memory and self.device.type == "cpu":
-            memory.keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.speed = speed
         if speed == "bf16" and not bf16_is_fast(self.device):
@@ -68,7 +64,6 @@ class Predictor:
     @classmethod
     def from_preset(
         cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
-        keep_freed_memory: bool = True,
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
         preset's built-in weights are used where the project ships them, else the model is random."""
@@ -80,8 +75,7 @@ class Predictor:
             load_weights(model, weights)
         else:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
-        return cls(model, device=device, name=preset, weights_path=weights, speed=speed,
-                   keep_freed_memory=keep_freed_memory)
+        return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them
