@@ -58,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Started afresh each time: a lifespan run again on the same app (a test client entered twice)
     # must not keep the last run's "shutting down", nor look ready before its batcher is started.
     service.ready = service.draining = False
+    loads_its_own = service.predictor is None
     loading = asyncio.create_task(_load(service), name="load-model")
     try:
         yield
@@ -70,6 +71,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await loading
         if service.batcher is not None:
             await service.batcher.close()  # serves what is queued, refuses the rest
+        if loads_its_own and service.predictor is not None:
+            service.predictor.close()  # its RoIAlign threads
         logger.info("drained; shut down")
 
 

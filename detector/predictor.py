@@ -8,6 +8,7 @@ nothing of the model's insides.
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +17,7 @@ import torch
 
 from detector.modeling.fuse import bf16_is_fast
 from detector.modeling.mask_paste import paste_masks
+from detector.modeling.poolers import RoIAlignThreads
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS
@@ -34,7 +36,11 @@ class Predictor:
     and wide 3x3 convs over large maps with NNPACK: the same maths, rounded otherwise, so the same detections up to float
     rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
     run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training), and
-    its weights are held twice."""
+    its weights are held twice.
+
+    On the CPU it owns the threads that split RoIAlign across cores (``poolers.RoIAlignThreads``), lent
+    to its model only while it predicts; ``close()``, the end of a ``with`` block, or the Predictor's
+    collection ends them."""
 
     def __init__(
         self,
@@ -55,6 +61,8 @@ class Predictor:
         if speed == "bf16" and not bf16_is_fast(self.device):
             log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
         self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
+        self._roi_threads = RoIAlignThreads()  # used on the CPU only, made on first use
+        weakref.finalize(self, self._roi_threads.close)
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
         self.class_names = list(model.cfg.class_names)
@@ -88,7 +96,19 @@ class Predictor:
             tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1).to(self.device))
         if not tensors:
             return []
-        return [d.to("cpu") for d in self._net.predict(tensors)]
+        with self._roi_threads.active():
+            return [d.to("cpu") for d in self._net.predict(tensors)]
+
+    def close(self) -> None:
+        """End the threads this Predictor owns now rather than at its collection (a later predict makes
+        them again)."""
+        self._roi_threads.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def to_json(self, det: Detections, *, masks: str = "rle", keypoints: bool = True) -> dict:
         """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",
