@@ -49,6 +49,7 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.memory import keep_freed_memory  # noqa: E402
+from detector.modeling.poolers import RoIAlignThreads  # noqa: E402
 from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
 from detector.modeling.fuse import bf16_is_fast  # noqa: E402
 from detector.modeling.speeds import SPEEDS  # noqa: E402
@@ -345,9 +346,11 @@ def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: to
         return _with_kernel_counts(timed_tv)
     model = ours if impl == "exact" else ours.optimize_for_inference(**vars(SPEEDS[impl]))
     timer = StageTimer(model, device)
+    roi_threads = RoIAlignThreads()  # as the Predictor lends its model; ends with this process
 
     def run_ours():
-        dets = model.predict(images)
+        with roi_threads.active():
+            dets = model.predict(images)
         for d in dets:
             if d.mask_probs is not None:
                 d.rle_masks()
