@@ -18,12 +18,15 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import uvicorn
 from pydantic import ValidationError
 
 from api.settings import Settings
 from detector import memory
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,18 +47,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[dict[str, str], str]:
     return args, log_level
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app it is draining as soon as the signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-
 def main(argv: list[str] | None = None) -> int:
     overrides, log_level = parse_args(argv)
     try:
@@ -71,14 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     def drain() -> None:
         app.state.service.draining = True
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
-    server = _Server(config, on_exit=drain)
+    return 0 if _serve(app, settings, log_level, on_exit=drain) else 1
+
+
+def _serve(app: FastAPI, settings: Settings, log_level: str, on_exit: Callable[[], None]) -> bool:
+    """Serve ``app`` with uvicorn until SIGTERM or Ctrl-C; whether it started."""
+    import uvicorn  # here: --help need not import it
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the app it is draining as soon as the signal arrives."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on"))
     # uvicorn re-raises the signal it shut down on, once it is done, to give the default handler
     # its say; by then we have shut down gracefully, so that second delivery is a no-op (exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _already_handled)
     server.run()
-    return 0 if server.started else 1
+    return server.started
 
 
 def configure_process(settings: Settings) -> None:

@@ -15,9 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+# Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
 from detector import memory
-from detector.data.images import read_image
-from detector.modeling.presets import PRESETS
+from detector.modeling.preset_names import PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
@@ -26,7 +26,7 @@ DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="model preset")
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), help="model preset")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from detector.data.images import read_image
     from detector.predictor import Predictor  # torch import after argument errors
 
     if args.keep_freed_memory:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SCHEDULES = ("step", "cosine")
+from detector.training.schedules import SCHEDULES
+
 # Normalisation layers keep their scale and shift free of weight decay (Detectron2's WEIGHT_DECAY_NORM = 0):
 # pulling a GroupNorm gain towards zero only fights the layer it feeds.
 NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm, nn.SyncBatchNorm)

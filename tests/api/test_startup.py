@@ -20,7 +20,7 @@ ABOVE_PILLOW = 4 * (PILLOW_DEFAULT or 10**8)
 # python -m api's main() up to the point where uvicorn would start serving.
 _STARTUP = """
 import api.__main__ as entry
-entry._Server.run = lambda self, *args, **kwargs: None
+entry._serve = lambda *args, **kwargs: True
 entry.main({argv!r})
 """
 
