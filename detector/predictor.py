@@ -75,14 +75,17 @@ class Predictor:
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
         preset's built-in weights are used where the project ships them, else the model is random."""
-        model = build_model(get_preset(preset))
+        cfg = get_preset(preset)
         if weights is None:
             weights = builtin_weights(preset)
-        if weights is not None:
-            verify_if_catalogued(Path(weights))
-            load_weights(model, weights)
-        else:
+        if weights is None:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
+            model = build_model(cfg)
+        else:
+            verify_if_catalogued(Path(weights))
+            with torch.device("meta"):  # no memory and no random initialisation for what the file replaces
+                model = build_model(cfg)
+            load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
         return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
