@@ -7,9 +7,10 @@ alone costs (the floor that every run that predicts pays).
 
 Every figure is a fresh process, timed by this one from just before it starts: ``--runs`` of each, taken
 in turns (one of each, then again), all kept in the JSON with their median and range; beside the wall
-time, the CPU time the process used (user + system), which a busy machine inflates far less. "first forward" is ``python -m detector.predict`` as a user
-runs it, up to the moment its first ``Predictor.predict`` begins (the process then exits: the forward
-pass itself is bench/engine.py's). The R50 preset reads random weights from a local safetensors file,
+time, the CPU time the process used (user + system), which a busy machine inflates far less. "first
+forward" is ``python -m detector.predict`` as a user runs it, up to the moment its first
+``Predictor.predict`` begins (the process then exits: the forward pass itself is bench/engine.py's);
+the floor, ``import torch, torchvision``, is timed the same way, to the end of the import. The R50 preset reads random weights from a local safetensors file,
 made once into ``--work-dir``; small_r18_fpn reads its built-in weights. Phases within that process
 (imports done, model built and loaded) come from import hooks that add no import of their own.
 Prints a table and writes JSON (default: bench/results/startup.json).
@@ -71,6 +72,10 @@ runpy.run_module("detector.predict", run_name="__main__", alter_sys=True)
 """
 
 
+# The floor: timed to the end of the import, then os._exit, as the first-forward runs are (no teardown).
+_FLOOR = "import os, time, torch, torchvision; print(f'PHASE imported {time.time():.6f}', flush=True); os._exit(0)"
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
@@ -92,15 +97,22 @@ def _first_forward(preset: str, weights: Path | None, image: Path, out: Path) ->
     """Wall seconds from just before ``python -m detector.predict`` starts to each phase of it, and the CPU
     seconds it used up to its first forward pass ("cpu")."""
     args = ["--model", preset, "--out", str(out), str(image)] + (["--weights", str(weights)] if weights else [])
+    phases = _phases([sys.executable, "-c", _PROBE, *args])
+    if "first_forward" not in phases:
+        raise RuntimeError(f"{preset}: the first forward pass was never reached")
+    return phases
+
+
+def _phases(command: list[str]) -> dict[str, float]:
+    """Wall seconds from just before ``command`` starts to each "PHASE name time" line it prints, and its
+    CPU seconds ("cpu")."""
     start_wall = time.time()
-    _, cpu, stdout = _timed([sys.executable, "-c", _PROBE, *args], expect=0)
+    _, cpu, stdout = _timed(command, expect=0)
     phases = {"cpu": cpu}
     for line in stdout.splitlines():
         if line.startswith("PHASE "):
             _, name, at = line.split()
             phases[name] = float(at) - start_wall
-    if "first_forward" not in phases:
-        raise RuntimeError(f"{preset}: the first forward pass was never reached")
     return phases
 
 
@@ -159,19 +171,21 @@ def measure(presets: list[str], runs: int, work: Path) -> dict:
     commands = {f"help {cli}": (python + ["-m", cli, "--help"], 0) for cli in CLIS}
     commands["argument error detector.predict"] = (
         python + ["-m", "detector.predict", "--model", "no_such_preset", "--out", "o.json", "a.png"], 2)
-    commands["import torch, torchvision"] = (python + ["-c", "import torch, torchvision"], 0)
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
+    floor: list[dict[str, float]] = []
     phases: dict[str, list[dict[str, float]]] = {preset: [] for preset in presets}
     for _ in range(runs):  # in turns, so that a change in the machine's load falls on every figure alike
         for name, (command, expect) in commands.items():
             seconds, cpu_s, _ = _timed(command, expect)
             wall[name].append(seconds)
             cpu[name].append(cpu_s)
+        floor.append(_phases(python + ["-c", _FLOOR]))  # to the end of the import, as the runs below
         for preset in presets:
             phases[preset].append(_first_forward(preset, weights[preset], image, work / "out.json"))
     results = {name: {**_summary(wall[name]), "cpu": _summary(cpu[name])} for name in commands}
-    floor, floor_cpu = wall["import torch, torchvision"], cpu["import torch, torchvision"]
+    results["import torch, torchvision"] = {**_summary([f["imported"] for f in floor]),
+                                            "cpu": _summary([f["cpu"] for f in floor])}
     beyond = {}
     for preset, runs_of in phases.items():
         for name in ("imported", "loaded"):
@@ -180,8 +194,8 @@ def measure(presets: list[str], runs: int, work: Path) -> dict:
                                               "cpu": _summary([p["cpu"] for p in runs_of])}
         # Each run less the floor's run of the same turn; the median of those differences.
         beyond[preset] = {
-            "wall_s": round(statistics.median(p["first_forward"] - f for p, f in zip(runs_of, floor)), 4),
-            "cpu_s": round(statistics.median(p["cpu"] - f for p, f in zip(runs_of, floor_cpu)), 4),
+            "wall_s": round(statistics.median(p["first_forward"] - f["imported"] for p, f in zip(runs_of, floor)), 4),
+            "cpu_s": round(statistics.median(p["cpu"] - f["cpu"] for p, f in zip(runs_of, floor)), 4),
         }
     return {"results": results, "first_forward_beyond_import_torch": beyond}
 
