@@ -2,8 +2,8 @@
 the first forward pass of ``python -m detector.predict``, next to what ``import torch, torchvision``
 alone costs (the floor that every run that predicts pays).
 
-    python bench/startup.py                                   # small_r18_fpn and maskrcnn_r50_fpn, 5 runs
-    python bench/startup.py --presets small_r18_fpn --runs 2 --json /tmp/startup.json
+    python bench/startup.py                   # small_r18_fpn and maskrcnn_r50_fpn, fast and exact, 5 runs
+    python bench/startup.py --presets small_r18_fpn --speeds exact --runs 2 --json /tmp/startup.json
 
 Every figure is a fresh process, timed by this one from just before it starts: ``--runs`` of each, taken
 in turns (one of each, then again), all kept in the JSON with their median and range; beside the wall
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from detector.modeling.speeds import SPEED_NAMES  # noqa: E402
 CLIS = ("detector.predict", "detector.eval", "detector.train", "detector.weights", "api")
 R50_PRESET = "maskrcnn_r50_fpn"
 
@@ -93,10 +95,11 @@ def _timed(command: list[str], expect: int) -> tuple[float, float, str]:
     return seconds, cpu, done.stdout
 
 
-def _first_forward(preset: str, weights: Path | None, image: Path, out: Path) -> dict[str, float]:
+def _first_forward(preset: str, speed: str, weights: Path | None, image: Path, out: Path) -> dict[str, float]:
     """Wall seconds from just before ``python -m detector.predict`` starts to each phase of it, and the CPU
     seconds it used up to its first forward pass ("cpu")."""
-    args = ["--model", preset, "--out", str(out), str(image)] + (["--weights", str(weights)] if weights else [])
+    args = ["--model", preset, "--speed", speed, "--out", str(out), str(image)]
+    args += ["--weights", str(weights)] if weights else []
     phases = _phases([sys.executable, "-c", _PROBE, *args])
     if "first_forward" not in phases:
         raise RuntimeError(f"{preset}: the first forward pass was never reached")
@@ -165,7 +168,7 @@ def _prepare(work: Path, presets: list[str]) -> tuple[Path, dict[str, Path | Non
     return image, weights
 
 
-def measure(presets: list[str], runs: int, work: Path) -> dict:
+def measure(presets: list[str], speeds: list[str], runs: int, work: Path) -> dict:
     image, weights = _prepare(work, presets)
     python = [sys.executable]
     commands = {f"help {cli}": (python + ["-m", cli, "--help"], 0) for cli in CLIS}
@@ -174,26 +177,27 @@ def measure(presets: list[str], runs: int, work: Path) -> dict:
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     floor: list[dict[str, float]] = []
-    phases: dict[str, list[dict[str, float]]] = {preset: [] for preset in presets}
+    phases: dict[tuple[str, str], list[dict[str, float]]] = {(p, s): [] for p in presets for s in speeds}
     for _ in range(runs):  # in turns, so that a change in the machine's load falls on every figure alike
         for name, (command, expect) in commands.items():
             seconds, cpu_s, _ = _timed(command, expect)
             wall[name].append(seconds)
             cpu[name].append(cpu_s)
         floor.append(_phases(python + ["-c", _FLOOR]))  # to the end of the import, as the runs below
-        for preset in presets:
-            phases[preset].append(_first_forward(preset, weights[preset], image, work / "out.json"))
+        for preset, speed in phases:
+            phases[preset, speed].append(_first_forward(preset, speed, weights[preset], image, work / "out.json"))
     results = {name: {**_summary(wall[name]), "cpu": _summary(cpu[name])} for name in commands}
     results["import torch, torchvision"] = {**_summary([f["imported"] for f in floor]),
                                             "cpu": _summary([f["cpu"] for f in floor])}
     beyond = {}
-    for preset, runs_of in phases.items():
+    for (preset, speed), runs_of in phases.items():
+        run = f"{preset} {speed}"
         for name in ("imported", "loaded"):
-            results[f"{name} {preset}"] = _summary([p[name] for p in runs_of])
-        results[f"first forward {preset}"] = {**_summary([p["first_forward"] for p in runs_of]),
-                                              "cpu": _summary([p["cpu"] for p in runs_of])}
+            results[f"{name} {run}"] = _summary([p[name] for p in runs_of])
+        results[f"first forward {run}"] = {**_summary([p["first_forward"] for p in runs_of]),
+                                           "cpu": _summary([p["cpu"] for p in runs_of])}
         # Each run less the floor's run of the same turn; the median of those differences.
-        beyond[preset] = {
+        beyond[run] = {
             "wall_s": round(statistics.median(p["first_forward"] - f["imported"] for p, f in zip(runs_of, floor)), 4),
             "cpu_s": round(statistics.median(p["cpu"] - f["cpu"] for p, f in zip(runs_of, floor)), 4),
         }
@@ -203,6 +207,8 @@ def measure(presets: list[str], runs: int, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/startup.py", description=__doc__.split("\n")[0])
     p.add_argument("--presets", nargs="+", default=["small_r18_fpn", R50_PRESET])
+    p.add_argument("--speeds", nargs="+", default=["fast", "exact"], choices=SPEED_NAMES,
+                   help="predict's --speed: the fast ones build their copy of the model before the first pass")
     p.add_argument("--runs", type=int, default=5, help="fresh processes per figure (default: 5)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "detector-startup",
                    help="where the test image and the random R50 weights are made (once)")
@@ -215,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {"bench": "startup", "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
               "torchvision": torchvision.__version__, "runs": args.runs, "presets": args.presets,
-              **measure(args.presets, args.runs, args.work_dir)}
-    print(f"{'':40} {'median':>8} {'min':>8} {'max':>8} {'cpu':>8}  (seconds; {args.runs} runs; {report['cpu']['model']})")
+              "speeds": args.speeds, **measure(args.presets, args.speeds, args.runs, args.work_dir)}
+    print(f"{'':44} {'median':>8} {'min':>8} {'max':>8} {'cpu':>8}  (seconds; {args.runs} runs; {report['cpu']['model']})")
     for name, r in report["results"].items():
         cpu_text = f"{r['cpu']['median_s']:8.3f}" if "cpu" in r else f"{'':8}"
-        print(f"{name:40} {r['median_s']:8.3f} {r['min_s']:8.3f} {r['max_s']:8.3f} {cpu_text}")
-    for preset, r in report["first_forward_beyond_import_torch"].items():
-        print(f"first forward of {preset}: {r['wall_s']:.3f} s beyond import torch, torchvision ({r['cpu_s']:.3f} s CPU)")
+        print(f"{name:44} {r['median_s']:8.3f} {r['min_s']:8.3f} {r['max_s']:8.3f} {cpu_text}")
+    for run, r in report["first_forward_beyond_import_torch"].items():
+        print(f"first forward of {run}: {r['wall_s']:.3f} s beyond import torch, torchvision ({r['cpu_s']:.3f} s CPU)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
