@@ -17,10 +17,8 @@ from pathlib import Path
 
 # Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
 from detector import memory
-from detector.modeling.preset_names import PRESET_NAMES
+from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
-
-DEFAULT_PRESET = "small_r18_fpn"  # the built-in model in weights/
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

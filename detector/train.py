@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
-from detector.modeling.preset_names import PRESET_NAMES
+from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.training.schedules import SCHEDULES
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="small_r18_fpn", choices=sorted(PRESET_NAMES), metavar="PRESET",
-                   help="the preset to train (default: small_r18_fpn)")
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), metavar="PRESET",
+                   help=f"the preset to train (default: {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning)")
     data = p.add_argument_group("data (default: the synthetic set, generated into --synthetic-dir)")
     data.add_argument("--train-images", type=Path, metavar="DIR")

@@ -1,5 +1,7 @@
-"""The model presets' names (``detector.modeling.presets``), without torch: the command lines list them
-before importing it (tests/detector/modeling/test_preset_names.py keeps the two in step)."""
+"""The presets' names and the default one, without torch: the command lines and the service's settings
+offer them before importing it. The builders are in ``detector.modeling.presets``."""
+
+from __future__ import annotations
 
 PRESET_NAMES = (
     "fasterrcnn_r50_fpn",
@@ -9,3 +11,4 @@ PRESET_NAMES = (
     "maskkeypointrcnn_r50_fpn",
     "small_r18_fpn",
 )
+DEFAULT_PRESET = "small_r18_fpn"  # the built-in model, whose weights ship in weights/
