@@ -124,6 +124,17 @@ def _summary(runs: list[float]) -> dict:
             "max_s": round(max(runs), 4), "runs_s": [round(r, 4) for r in runs]}
 
 
+def _commit() -> str | None:
+    """The measured checkout's commit, "+" when its tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def cpu_info() -> dict:
     """The CPU's model name and flags (/proc/cpuinfo's first processor), logical CPUs and this load."""
     info = {"model": platform.processor() or platform.machine(), "flags": [], "logical_cpus": os.cpu_count()}
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
-    report = {"bench": "startup", "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
+    report = {"bench": "startup", "commit": _commit(), "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
               "torchvision": torchvision.__version__, "runs": args.runs, "presets": args.presets,
               "speeds": args.speeds, **measure(args.presets, args.speeds, args.runs, args.work_dir)}
     print(f"{'':44} {'median':>8} {'min':>8} {'max':>8} {'cpu':>8}  (seconds; {args.runs} runs; {report['cpu']['model']})")
