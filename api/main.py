@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service.batcher is not None:
             await service.batcher.close()  # serves what is queued, refuses the rest
         if loads_its_own and service.predictor is not None:
-            service.predictor.close()  # its RoIAlign threads
+            await asyncio.to_thread(service.predictor.close)  # its RoIAlign threads, once their work is done
         logger.info("drained; shut down")
 
 
