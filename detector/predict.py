@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from detector.data.images import read_image
-    from detector.predictor import Predictor  # torch import after argument errors
-
-    if args.keep_freed_memory:
-        memory.keep_freed_memory_for(args.device)
 
     try:
-        images = [read_image(path) for path in args.images]  # every file is checked before any work
+        images = [read_image(path) for path in args.images]  # every file is checked before torch is imported
+        if args.keep_freed_memory:
+            memory.keep_freed_memory_for(args.device)
+        from detector.predictor import Predictor
+
         predictor = Predictor.from_preset(args.model, args.weights, args.device, speed=args.speed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ import pytest
 from tests.process_state import ROOT
 
 CLIS = ["detector.predict", "detector.eval", "detector.train", "detector.weights", "api"]
-# An argument error of each: (module, arguments) -> exit status 2 and a usage line.
+# An argument error of each: (module, arguments) -> exit status 2 and a usage line (a missing file: its name).
 ARGUMENT_ERRORS = [
     ("detector.predict", ["--model", "no_such_preset", "--out", "o.json", "a.jpg"]),
     ("detector.predict", ["--speed", "warp", "--out", "o.json", "a.jpg"]),
@@ -21,6 +21,7 @@ ARGUMENT_ERRORS = [
     ("detector.eval", ["--results", "r.json", "--ann", "a.json", "--iou-types", "boxes"]),
     ("detector.train", ["--lr-schedule", "linear"]),
     ("detector.train", ["--model", "no_such_preset"]),
+    ("detector.predict", ["--out", "o.json", "no_such_image.jpg"]),  # checked before the model is loaded
     ("detector.weights", ["fetch"]),
     ("api", ["--max-batch-size", "0"]),
 ]
@@ -64,7 +65,8 @@ def test_help_answers_without_torch(module):
 def test_argument_errors_answer_without_torch(module, args):
     out = _run(module, args)
     assert out.returncode == 2, out.stderr
-    assert "usage: python -m " in out.stderr and "error:" in out.stderr
+    assert "usage: python -m " in out.stderr or "no_such_image.jpg" in out.stderr
+    assert "error:" in out.stderr
     assert _imported(out) == []
 
 
