@@ -3,6 +3,9 @@
 Each setting (``api/settings.py``) has a flag, ``--max-batch-size 8`` for ``max_batch_size``;
 flags override ``DETECTOR_*`` environment variables, which override the defaults.
 
+Process-wide settings are applied here, at startup, not by ``create_app``: malloc keeps freed
+memory on the CPU (``keep_freed_memory``) and Pillow's own bomb guard admits what ``max_pixels`` admits.
+
 SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish,
 queued ones are served, and the process exits 0.
 """
@@ -15,11 +18,15 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
-import uvicorn
 from pydantic import ValidationError
 
 from api.settings import Settings
+from detector import memory
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,18 +47,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[dict[str, str], str]:
     return args, log_level
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app it is draining as soon as the signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-
 def main(argv: list[str] | None = None) -> int:
     overrides, log_level = parse_args(argv)
     try:
@@ -61,19 +56,46 @@ def main(argv: list[str] | None = None) -> int:
     from api.main import create_app  # here, not at the top: --help need not import torch
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_process(settings)
     app = create_app(settings)
 
     def drain() -> None:
         app.state.service.draining = True
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
-    server = _Server(config, on_exit=drain)
+    return 0 if _serve(app, settings, log_level, on_exit=drain) else 1
+
+
+def _serve(app: FastAPI, settings: Settings, log_level: str, on_exit: Callable[[], None]) -> bool:
+    """Serve ``app`` with uvicorn until SIGTERM or Ctrl-C; whether it started."""
+    import uvicorn  # here: --help need not import it
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the app it is draining as soon as the signal arrives."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on"))
     # uvicorn re-raises the signal it shut down on, once it is done, to give the default handler
     # its say; by then we have shut down gracefully, so that second delivery is a no-op (exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _already_handled)
     server.run()
-    return 0 if server.started else 1
+    return server.started
+
+
+def configure_process(settings: Settings) -> None:
+    """What the service changes in its whole process, once, before it serves: malloc's settings on the
+    CPU (``detector.memory``), and Pillow's own bomb guard, raised so that it never refuses an image that
+    ``max_pixels`` admits (Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that;
+    ``api.decode`` checks ``max_pixels`` itself, before decoding)."""
+    from PIL import Image
+
+    if settings.keep_freed_memory:
+        memory.keep_freed_memory_for(settings.device)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < settings.max_pixels:
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
 
 
 def _already_handled(sig: int, frame: FrameType | None) -> None:

@@ -46,17 +46,6 @@ class InvalidImage(ImageError):
     pass
 
 
-def allow_pixels(max_pixels: int) -> None:
-    """Make sure Pillow's own bomb guard never rejects an image our ``max_pixels`` accepts.
-
-    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and raises above twice that. It is process-wide,
-    so it is only ever raised here (apps with different caps can live in one process); our
-    explicit ``img.size`` check before ``load()`` is what enforces the cap.
-    """
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-
-
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode one image: EXIF orientation applied, any mode converted to RGB.
 

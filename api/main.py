@@ -1,6 +1,7 @@
 """``create_app`` builds the service. Nothing is loaded at import: the lifespan loads the model
 (in the background, so /healthz answers while it loads and /readyz says 503 until it is warm)
-and, at shutdown, serves every queued request before it returns."""
+and, at shutdown, serves every queued request before it returns. Neither changes the process
+(malloc, Pillow's limits): the entry point does that (``api/__main__.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.batcher import Batcher
-from api.decode import BodySizeLimit, allow_pixels
+from api.decode import BodySizeLimit
 from api.deps import Service
 from api.metrics import Metrics, RequestMetrics
 from api.routes import detect, health, metrics, model, page
@@ -33,7 +34,6 @@ _WARMUP_IMAGE_HW = (480, 640)  # a typical photo's shape; the first forward allo
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     """The app; it loads ``Predictor.from_preset(settings.preset, ...)`` at startup unless given one."""
     settings = settings if settings is not None else Settings()
-    allow_pixels(settings.max_pixels)
     app = FastAPI(
         title="detector",
         summary="Faster / Mask / Keypoint R-CNN detections over HTTP, batched across requests",
@@ -58,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Started afresh each time: a lifespan run again on the same app (a test client entered twice)
     # must not keep the last run's "shutting down", nor look ready before its batcher is started.
     service.ready = service.draining = False
+    loads_its_own = service.predictor is None
     loading = asyncio.create_task(_load(service), name="load-model")
     try:
         yield
@@ -70,6 +71,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await loading
         if service.batcher is not None:
             await service.batcher.close()  # serves what is queued, refuses the rest
+        if loads_its_own and service.predictor is not None:
+            await asyncio.to_thread(service.predictor.close)  # its RoIAlign threads, once their work is done
         logger.info("drained; shut down")
 
 
@@ -80,8 +83,7 @@ async def _load(service: Service) -> None:
         if predictor is None:
             logger.info("loading preset %s on %s", settings.preset, settings.device)
             predictor = await asyncio.to_thread(
-                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed,
-                keep_freed_memory=settings.keep_freed_memory,
+                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
             )
         if predictor.weights_path is not None:
             service.weights_sha256 = await asyncio.to_thread(sha256_of, Path(predictor.weights_path))

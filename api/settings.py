@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from detector.memory import FLAG_HELP
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
@@ -21,11 +22,8 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)
 
-    keep_freed_memory: bool = Field(
-        True, description="on the CPU, keep freed tensor memory for the next forward pass instead of giving it "
-        "back to the kernel: no page faults, forwards 1.05x (built-in model) to 1.25x (Mask R-CNN R50) faster; "
-        "the process stays at the size of its largest pass (detector/memory.py)"
-    )
+    # Applied by python -m api at startup (process-wide), not by create_app.
+    keep_freed_memory: bool = Field(True, description=FLAG_HELP)
 
     # Batching: a GPU forward of 4 images costs little more than one; 10 ms of waiting is small
     # next to a forward pass (tens of ms), is not paid when the server is already busy, nor by

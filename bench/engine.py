@@ -22,8 +22,8 @@ decoding, back to image pixels, and the RLE). Each of our modes is compared with
 px) and the largest score and box differences.
 
 Each implementation runs in a process of its own, as it would in production, and the processes take
-turns: ours keeps freed memory for the next pass (``detector.memory``, as ``Predictor`` does on the
-CPU), torchvision's model runs under the default malloc. ``--torchvision-kept-memory`` adds a row for
+turns: ours keeps freed memory for the next pass (``detector.memory``, as predict, eval and the service
+do on the CPU), torchvision's model runs under the default malloc. ``--torchvision-kept-memory`` adds a row for
 torchvision's model under our setting, to show what the setting alone is worth; ``--no-kept-memory``
 runs ours without it.
 Prints a table and writes JSON.
@@ -49,6 +49,7 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.memory import keep_freed_memory  # noqa: E402
+from detector.modeling.poolers import RoIAlignThreads  # noqa: E402
 from detector.modeling.backbone import set_frozen_bn_eps  # noqa: E402
 from detector.modeling.kernels import bf16_is_fast  # noqa: E402
 from detector.modeling.speeds import SPEEDS  # noqa: E402
@@ -210,7 +211,7 @@ def bench_model(preset: str, size: tuple[int, int], batch: int, repeat: int, mod
     """One row per implementation: torchvision's (unless ``torchvision`` is False; with ``torchvision_kept``
     also torchvision's under our malloc setting), then ours per mode. Each implementation runs in its
     own process, as each would in production: ours keeps freed memory (``detector.memory``, as
-    ``Predictor`` does, unless ``keep_memory`` is False), torchvision's model runs under the default
+    the CLIs and the service do, unless ``keep_memory`` is False), torchvision's model runs under the default
     malloc. The processes take turns within each repetition, so that a shared machine's load falls on
     all of them alike; the first repetition is a warm-up (unless ``repeat`` is 0)."""
     if preset not in TORCHVISION_MODELS:  # the built-in model has no torchvision twin
@@ -329,7 +330,7 @@ def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: to
     if preset in TORCHVISION_MODELS:
         tv, ours = build_pair(preset, size, device)
     else:  # at its own input size, with its built-in weights where present
-        tv, ours = None, Predictor.from_preset(preset, device=device, speed="exact", keep_freed_memory=False).model
+        tv, ours = None, Predictor.from_preset(preset, device=device, speed="exact").model
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, *size, generator=g).to(device) for _ in range(batch)]
     if impl in (IMPL_TORCHVISION, IMPL_TORCHVISION_KEPT):
@@ -346,9 +347,11 @@ def _build(impl: str, preset: str, size: tuple[int, int], batch: int, device: to
         return _with_kernel_counts(timed_tv)
     model = ours if impl == "exact" else ours.optimize_for_inference(**vars(SPEEDS[impl]))
     timer = StageTimer(model, device)
+    roi_threads = RoIAlignThreads()  # as the Predictor lends its model; ends with this process
 
     def run_ours():
-        dets = model.predict(images)
+        with roi_threads.active():
+            dets = model.predict(images)
         for d in dets:
             if d.mask_probs is not None:
                 d.rle_masks()
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time torchvision's model under our malloc setting (detector.memory), to show "
                    "what that setting alone does for it")
     p.add_argument("--no-kept-memory", action="store_true",
-                   help="run ours under the default malloc too (Predictor(keep_freed_memory=False))")
+                   help="run ours under the default malloc too (no detector.memory.keep_freed_memory())")
     p.add_argument("--json", type=Path, default=Path("bench/engine.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

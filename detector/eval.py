@@ -21,15 +21,18 @@ import sys
 import time
 from pathlib import Path
 
-from detector.evaluation.category_map import label_to_category_id
-from detector.evaluation.coco_eval import CocoEvalResult, evaluate_coco
-from detector.evaluation.coco_results import RESULT_KEY, iou_types_in, load_results, write_results
-from detector.distributed import DistInfo, finish, gather, init_distributed, shard
+from typing import TYPE_CHECKING
+
+# Only what parsing the arguments needs (no torch): --help and argument errors answer at once; the rest
+# is imported where it is used.
+from detector import memory
 from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported, load_ground_truth
-from detector.evaluation.inference import predict_coco_results
-from detector.evaluation.report import format_category_table, format_voc, metrics_dict
-from detector.evaluation.voc import VocResult, voc_ap
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
+
+if TYPE_CHECKING:
+    from detector.evaluation.coco_eval import CocoEvalResult
+    from detector.distributed import DistInfo
+    from detector.evaluation.voc import VocResult
 
 logger = logging.getLogger("detector.eval")
 
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help=memory.FLAG_HELP)
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES,
                         help="default: every type that the model or the results file provides")
     parser.add_argument("--out", type=Path, metavar="RESULTS.json", help="write the COCO results here")
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.model and args.keep_freed_memory:
+        memory.keep_freed_memory_for(args.device)
+    from detector.distributed import finish, init_distributed
+
     ctx, _ = init_distributed(backend="gloo")  # gloo: the results gathered are Python objects on the CPU
     try:
         return _run(args, ctx)
@@ -82,6 +91,11 @@ def load_predictor(preset: str, weights: Path | None, device: str, speed: str = 
 
 
 def _run(args: argparse.Namespace, ctx: DistInfo) -> int:
+    from detector.evaluation.coco_eval import evaluate_coco
+    from detector.evaluation.coco_results import iou_types_in, load_results, write_results
+    from detector.evaluation.report import metrics_dict
+    from detector.evaluation.voc import voc_ap
+
     coco_gt = load_ground_truth(args.ann)
     if args.results is not None:
         results = load_results(args.results, coco_gt)
@@ -116,6 +130,8 @@ def _run(args: argparse.Namespace, ctx: DistInfo) -> int:
 
 def _print_report(evaluations: list[CocoEvalResult], voc: VocResult | None, inference_s: float | None,
                   scoring_s: float) -> None:
+    from detector.evaluation.report import format_category_table, format_voc
+
     for evaluation in evaluations:
         print(f"== {evaluation.iou_type} ==")
         print(evaluation.summary, end="")
@@ -128,6 +144,10 @@ def _print_report(evaluations: list[CocoEvalResult], voc: VocResult | None, infe
 
 def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dict], list[str], float]:
     """(every rank's results, the IoU types to score, the seconds spent predicting and gathering)."""
+    from detector.evaluation.category_map import label_to_category_id
+    from detector.distributed import gather, shard
+    from detector.evaluation.inference import predict_coco_results
+
     with _blame(f"model {args.model}"):
         try:
             predictor = load_predictor(args.model, args.weights, args.device, args.speed)
@@ -160,6 +180,8 @@ def _choose_iou_types(requested: list[str] | None, provided: list[str], source: 
     requested = list(dict.fromkeys(requested))
     missing = [t for t in requested if t not in provided]
     if missing and not allow_missing:
+        from detector.evaluation.coco_results import RESULT_KEY
+
         needed = ", ".join(f"{t} needs {RESULT_KEY[t]!r}" for t in missing)
         raise ValueError(f"{source}: provides only {', '.join(provided) or 'nothing'} ({needed})")
     return requested

@@ -1,16 +1,18 @@
 """Keep freed memory in the process, for the next forward pass (glibc's malloc, CPU inference).
 
 By default glibc hands big freed blocks back to the kernel (those it got with mmap, and the top of its
-heap past 128 KiB), so the next forward pass's tensors fault fresh, zero-filled pages in again: for our
-Mask R-CNN R50-FPN at 800x1216 on these CPUs that is ~500,000 page faults and ~1.4 s of kernel time per
-image, a fifth of the CPU time (torchvision's model: 650,000-900,000 and 2.5-3.6 s).
+heap past 128 KiB), so the next forward pass's tensors fault fresh, zero-filled pages in again: hundreds
+of thousands of page faults per R50 forward pass at COCO sizes, a large share of its CPU time.
 ``keep_freed_memory()`` makes malloc serve every block from its heap and keep what is freed there:
-the same numbers, ~20% less time, a resident size that stays at the peak of one forward pass instead
-of dropping between them (bench/engine.py; README "Speed").
+the same numbers, less time, a resident size that stays at the peak of one forward pass instead of
+dropping between them (figures: bench/engine.py, bench/results/, README "Speed").
 
-It is process-wide (as jemalloc or tcmalloc would be, which PyTorch's CPU tuning guide recommends for
-the same reason), so ``Predictor`` applies it on the CPU unless told not to. No-op where malloc is not
-glibc's.
+It is process-wide and cannot be undone (as jemalloc or tcmalloc would be, which PyTorch's CPU tuning
+guide recommends for the same reason), so no library object applies it: the entry points do, on the
+CPU, each behind a flag (``python -m detector.predict`` and ``python -m detector.eval``:
+``--keep-freed-memory/--no-keep-freed-memory``; the service: ``DETECTOR_KEEP_FREED_MEMORY``). A library
+user who wants it calls ``keep_freed_memory()`` once, before the first forward pass. No-op where malloc
+is not glibc's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ _TRIM_THRESHOLD = 2**31 - 1  # bytes free at the heap's top before malloc gives 
 
 _applied: bool | None = None
 
+# What the entry points' flag (predict, eval) and setting (the service) say of it.
+FLAG_HELP = ("on the CPU, keep freed tensor memory in the process for the next forward pass instead of "
+             "giving it back to the kernel: no page faults, faster forwards; the process stays at the size "
+             "of its largest pass (detector/memory.py; README \"Speed\")")
+
 
 def keep_freed_memory() -> bool:
     """Serve every block from malloc's heap (no mmap per big tensor) and never trim the heap. True once
@@ -35,6 +42,12 @@ def keep_freed_memory() -> bool:
     if _applied is None:
         _applied = _apply()
     return _applied
+
+
+def keep_freed_memory_for(device: str) -> bool:
+    """``keep_freed_memory()`` when ``device`` ("cpu", "cuda:1", ...) is the CPU, whose tensors are
+    malloc's; False, and nothing changed, for any other device."""
+    return device.split(":")[0] == "cpu" and keep_freed_memory()
 
 
 def _apply() -> bool:

@@ -15,23 +15,24 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.data.images import read_image
+# Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
+from detector import memory
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
-from detector.modeling.preset_names import DEFAULT_PRESET
-from detector.modeling.presets import PRESETS
+from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="model preset")
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), help="model preset")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help=memory.FLAG_HELP)
     p.add_argument("--masks", default=DEFAULT_MASK_FORMAT, choices=MASK_FORMATS)
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     args = p.parse_args(argv)
@@ -45,10 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from detector.predictor import Predictor  # torch import after argument errors
+    from detector.data.images import read_image
 
     try:
-        images = [read_image(path) for path in args.images]  # every file is checked before any work
+        images = [read_image(path) for path in args.images]  # every file is checked before torch is imported
+        if args.keep_freed_memory:
+            memory.keep_freed_memory_for(args.device)
+        from detector.predictor import Predictor
+
         predictor = Predictor.from_preset(args.model, args.weights, args.device, speed=args.speed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,15 +8,16 @@ nothing of the model's insides.
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from detector import memory
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.mask_paste import paste_masks
+from detector.modeling.poolers import RoIAlignThreads
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS
@@ -34,7 +35,11 @@ class Predictor:
     and wide 3x3 convs over large maps with NNPACK: the same maths, rounded otherwise, so the same detections up to float
     rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
     run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training); the
-    copy holds new tensors only where it changes them (folded convs, other layouts) and shares the rest."""
+    copy holds new tensors only where it changes them (folded convs, other layouts) and shares the rest.
+
+    On the CPU it owns the threads that split RoIAlign across cores (``poolers.RoIAlignThreads``), lent
+    to its model only while it predicts; ``close()``, the end of a ``with`` block, or the Predictor's
+    collection ends them."""
 
     def __init__(
         self,
@@ -44,15 +49,12 @@ class Predictor:
         name: str = "custom",
         weights_path: Path | None = None,
         speed: str = "fast",
-        keep_freed_memory: bool = True,
     ) -> None:
-        """``keep_freed_memory``: on the CPU, have malloc keep freed tensor memory for the next forward
-        pass instead of faulting it in again (process-wide; ``detector.memory``)."""
+        """Changes nothing outside itself: process-wide settings (``detector.memory.keep_freed_memory``,
+        for the CPU) are the caller's to apply, as the CLIs and the service do."""
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
-        if keep_freed_memory and self.device.type == "cpu":
-            memory.keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.speed = speed
         if speed == "bf16":
@@ -61,6 +63,8 @@ class Predictor:
             if not bf16_is_fast(self.device):
                 log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
         self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
+        self._roi_threads = RoIAlignThreads()  # used on the CPU only, made on first use
+        weakref.finalize(self, self._roi_threads.close)
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
         self.class_names = list(model.cfg.class_names)
@@ -80,22 +84,23 @@ class Predictor:
     @classmethod
     def from_preset(
         cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
-        keep_freed_memory: bool = True,
     ) -> Predictor:
         """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
         preset's built-in weights are used where the project ships them (``detector.weights.builtin``),
         else the model is random, with a warning; ValueError when this installation lacks the built-in
         files altogether."""
-        model = build_model(get_preset(preset))
+        cfg = get_preset(preset)
         if weights is None:
             weights = builtin_weights(preset)
-        if weights is not None:
-            verify_if_catalogued(Path(weights))
-            load_weights(model, weights)
-        else:
+        if weights is None:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
-        return cls(model, device=device, name=preset, weights_path=weights, speed=speed,
-                   keep_freed_memory=keep_freed_memory)
+            model = build_model(cfg)
+        else:
+            verify_if_catalogued(Path(weights))
+            with torch.device("meta"):  # no memory and no random initialisation for what the file replaces
+                model = build_model(cfg)
+            load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
+        return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them
@@ -108,7 +113,19 @@ class Predictor:
             tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1).to(self.device))
         if not tensors:
             return []
-        return [d.to("cpu") for d in self._net.predict(tensors)]
+        with self._roi_threads.active():
+            return [d.to("cpu") for d in self._net.predict(tensors)]
+
+    def close(self) -> None:
+        """End the threads this Predictor owns now rather than at its collection (a later predict makes
+        them again)."""
+        self._roi_threads.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def to_json(self, det: Detections, *, masks: str = DEFAULT_MASK_FORMAT, keypoints: bool = True) -> dict:
         """The predict/service schema: {"width", "height", "detections": [{"bbox", "score", "label",

@@ -20,15 +20,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
+from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
+from detector.training.schedules import SCHEDULES
 
-from detector.data.synthetic import ensure_synthetic
-from detector.modeling.preset_names import DEFAULT_PRESET
-from detector.modeling.presets import PRESETS, get_preset
-from detector.training import TrainConfig, train
-from detector.training.checkpoint import CHECKPOINT_NAME
-from detector.training.optim import SCHEDULES
+if TYPE_CHECKING:
+    from detector.training import TrainConfig
 
 logger = logging.getLogger("detector.train")
 
@@ -48,7 +47,7 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESETS), metavar="PRESET",
+    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), metavar="PRESET",
                    help=f"the preset to train (default: {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning)")
     data = p.add_argument_group("data (default: the synthetic set, generated into --synthetic-dir)")
@@ -78,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, metavar="DIR", help="default: runs/PRESET")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--device", help="default: cuda when available, else cpu")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     run.add_argument("--checkpoint-every", type=_positive(int), default=500, metavar="N")
@@ -98,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from detector.modeling.presets import get_preset
+    from detector.training import train
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         result = train(get_preset(args.model), _config(args, rank), preset=args.model)
     except ValueError as e:
@@ -127,6 +133,8 @@ def _message(error: Exception) -> str:
 
 def _os_message(error: OSError) -> str:
     """``<file>: <problem>``, and where a full disk stopped the run, what is left to resume from."""
+    from detector.training.checkpoint import CHECKPOINT_NAME
+
     text = f"{error.filename}: {error.strerror or error}" if error.filename else str(error.strerror or error)
     if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and error.filename:
         if (Path(error.filename).parent / CHECKPOINT_NAME).is_file():  # every file is written whole
@@ -137,6 +145,8 @@ def _os_message(error: OSError) -> str:
 
 
 def _config(args: argparse.Namespace, rank: int) -> TrainConfig:
+    from detector.training import TrainConfig
+
     train_images, train_ann, val_images, val_ann = args.train_images, args.train_ann, args.val_images, args.val_ann
     if train_ann is None:
         paths = _synthetic(args.synthetic_dir, rank)
@@ -158,6 +168,8 @@ def _config(args: argparse.Namespace, rank: int) -> TrainConfig:
 
 def _synthetic(root: Path, rank: int, timeout_s: float = 600.0):
     """The synthetic set: rank 0 generates it (or finds it), the other processes wait for its manifest."""
+    from detector.data.synthetic import ensure_synthetic
+
     if rank != 0:
         deadline = time.monotonic() + timeout_s
         while not (root / "manifest.json").is_file() and time.monotonic() < deadline:

@@ -35,8 +35,9 @@ def octave_sizes(base_sizes: tuple[float, ...], scales_per_octave: int = 3) -> t
 
 def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
     """Anchors centred on (0, 0): Tensor[A, 4] xyxy, ratio-major, rounded to whole pixels as in Detectron."""
-    scales = torch.as_tensor(sizes, dtype=torch.float32)
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    # On the CPU even in a model built on the "meta" device (Predictor.from_preset): not a weight, no file has it.
+    scales = torch.as_tensor(sizes, dtype=torch.float32, device="cpu")
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32, device="cpu")
     h_ratios = torch.sqrt(ratios)
     w_ratios = 1 / h_ratios
     ws = (w_ratios[:, None] * scales[None, :]).view(-1)  # (A,)

@@ -2,6 +2,11 @@
 (FPN paper, eq. 1: k = floor(4 + log2(sqrt(wh) / 224)), clamped to the available levels),
 with torchvision.ops.roi_align (or roi_pool).
 
+torchvision's CPU RoIAlign runs on one thread. Without autograd, the pooler can split the RoIs across
+the threads of a ``RoIAlignThreads`` that its caller owns and makes active for a call (the ``Predictor``
+does): the RoIs are independent, so the numbers are those of one thread. With none active, or with
+autograd, it pools on the calling thread. Nothing here lives longer than its owner.
+
 Shape shorthand: B boxes over the whole batch, C channels, S output size.
 """
 
@@ -9,7 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -53,14 +61,14 @@ class MultiLevelRoIPooler(nn.Module):
         if rois.shape[0] == 0:
             return out
         levels = self.level_of(rois[:, 1:])
-        # torchvision's CPU RoIAlign runs on one thread: without autograd, RoIs go to a pool of threads
-        parallel = out.device.type == "cpu" and not torch.is_grad_enabled()
+        threads = _ACTIVE.get()
+        parallel = threads is not None and out.device.type == "cpu" and not torch.is_grad_enabled()
         jobs = []  # (indices into rois, feature, scale): one per level, in chunks when parallel
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]
             if idx.numel():
                 jobs += [(part, feature, scale) for part in (_chunks(idx) if parallel else [idx])]
-        pool = _thread_pool() if parallel and len(jobs) > 1 else None
+        pool = threads.executor() if parallel and len(jobs) > 1 else None
         if pool is None:
             pooled = [self._pool(feature, rois[idx], scale) for idx, feature, scale in jobs]
         else:  # it lets go of the GIL, and RoIs are independent: the same numbers
@@ -75,21 +83,48 @@ class MultiLevelRoIPooler(nn.Module):
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
 
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+class RoIAlignThreads:
+    """Threads for CPU RoIAlign, owned by whoever runs inference; ``close()`` (or the end of a ``with``
+    block) ends them; a later use makes them again. ``with threads.active():`` lends them to the poolers called inside, in this thread
+    or task only. The pool has ``torch.get_num_threads()`` threads, is made on first use (none for one
+    thread), and made again after a fork, whose child has none of its parent's threads."""
+
+    def __init__(self) -> None:
+        self._pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+
+    @contextmanager
+    def active(self) -> Iterator[RoIAlignThreads]:
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def executor(self) -> ThreadPoolExecutor | None:
+        threads = torch.get_num_threads()
+        if threads < 2:
+            return None
+        if self._pool is None or self._pool[:2] != (os.getpid(), threads):
+            if self._pool is not None and self._pool[0] == os.getpid():
+                self._pool[2].shutdown(wait=False)  # another thread count: its threads end once idle
+            self._pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
+        return self._pool[2]
+
+    def close(self) -> None:
+        """End the threads, after the work they were given."""
+        if self._pool is not None and self._pool[0] == os.getpid():
+            self._pool[2].shutdown(wait=True)
+        self._pool = None
+
+    def __enter__(self) -> RoIAlignThreads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
-def _thread_pool() -> ThreadPoolExecutor | None:
-    """A pool of torch.get_num_threads() threads for CPU RoIAlign (None for one thread); a new one after
-    a fork, whose child has none of its parent's threads."""
-    global _POOL
-    threads = torch.get_num_threads()
-    if threads < 2:
-        return None
-    if _POOL is None or _POOL[:2] != (os.getpid(), threads):
-        if _POOL is not None and _POOL[0] == os.getpid():
-            _POOL[2].shutdown(wait=False)  # another thread count: its threads end once idle
-        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
-    return _POOL[2]
+# The RoIAlignThreads lent to the poolers for the current call (RoIAlignThreads.active), if any.
+_ACTIVE: ContextVar[RoIAlignThreads | None] = ContextVar("roi_align_threads", default=None)
 
 
 def _chunks(idx: Tensor) -> list[Tensor]:

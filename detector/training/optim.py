@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from detector.modeling.presets import lr_recipe
+from detector.training.schedules import SCHEDULES
 
-SCHEDULES = ("step", "cosine")
 # Normalisation layers keep their scale and shift free of weight decay (Detectron2's WEIGHT_DECAY_NORM = 0):
 # pulling a GroupNorm gain towards zero only fights the layer it feeds.
 NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.LayerNorm, nn.SyncBatchNorm)

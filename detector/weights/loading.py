@@ -1,8 +1,14 @@
 """Weights files in and out.
 
-Reads safetensors (ours) and torch files (torchvision's checkpoints) with ``torch.load(weights_only=True)``,
-which refuses any pickle that would run code. Keys must match the model exactly: missing, unexpected or
-mis-shaped keys are an error that lists them.
+Reads safetensors (ours), memory-mapped, and torch files (torchvision's checkpoints) with
+``torch.load(weights_only=True)``, which refuses any pickle that would run code. Keys must match the
+model exactly: missing, unexpected or mis-shaped keys are an error that lists them.
+
+``load_weights(..., assign=True)`` gives the model the file's tensors themselves rather than copying them
+into its own (for a model built on the "meta" device: nothing allocated or initialised twice). A
+safetensors file's tensors are then its mapped pages, copy-on-write: writing to them never changes the
+file, but a file rewritten in place under a running process would change its weights, so
+``save_weights`` writes a new file and renames it over the old one.
 """
 
 from __future__ import annotations
@@ -70,10 +76,12 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
-def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None = None) -> None:
+def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None = None, *,
+                 assign: bool = False) -> None:
     """Load ``path`` into ``model`` strictly. torchvision checkpoints are renamed to our keys and, unless
     ``frozen_bn_eps`` says otherwise, get FrozenBatchNorm eps = 0 as torchvision gives them; our files
-    carry their eps in their metadata (see ``save_weights``)."""
+    carry their eps in their metadata (see ``save_weights``). ``assign``: the model takes the file's
+    tensors (cast to its dtypes where they differ) instead of copying them into its own."""
     state = read_state_dict(path)
     if frozen_bn_eps is None:
         frozen_bn_eps = read_metadata(path).get("frozen_bn_eps")
@@ -81,12 +89,13 @@ def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None
         state = convert_torchvision_state_dict(state)
         if frozen_bn_eps is None:
             frozen_bn_eps = TORCHVISION_FROZEN_BN_EPS
-    load_state_dict_strict(model, state, source=str(path))
+    load_state_dict_strict(model, state, source=str(path), assign=assign)
     if frozen_bn_eps is not None:
         set_frozen_bn_eps(model, frozen_bn_eps)
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str = "state_dict") -> None:
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str = "state_dict", *,
+                           assign: bool = False) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -101,7 +110,9 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
             problems.append(f"{len(keys)} {name}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
     if problems:
         raise ValueError(f"{source} does not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if assign:  # a copy only where the file's dtype is not the model's (a float16 file, say)
+        state = {k: v if v.dtype == expected[k].dtype else v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def frozen_bn_eps_of(model: nn.Module) -> float | None:
@@ -111,7 +122,8 @@ def frozen_bn_eps_of(model: nn.Module) -> float | None:
 def save_weights(model: nn.Module, path: str | Path, metadata: dict | None = None, half: bool = False) -> None:
     """Save as safetensors (nothing to unpickle on load); ``half`` stores floating tensors as float16.
     The model's FrozenBatchNorm eps goes into the metadata, so that loading restores it. Written
-    atomically (``detector.atomic``): OSError naming ``path`` when it cannot be."""
+    atomically (``detector.atomic``: beside ``path``, then renamed over it, so a process that maps the old
+    file keeps its weights); OSError naming ``path`` when it cannot be."""
     metadata = {"frozen_bn_eps": frozen_bn_eps_of(model), **(metadata or {})}
     state = {}
     for k, v in model.state_dict().items():

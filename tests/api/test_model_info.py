@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from detector import memory
 from detector.predictor import Predictor
 from detector.weights import save_weights
 from tests.api.api_images import jpeg
@@ -38,16 +37,6 @@ def test_the_speed_setting_reaches_the_loaded_model():
         wait_ready(client)
         assert client.get("/v1/model").json()["speed"] == "exact"
         assert client.app.state.service.predictor.speed == "exact"
-
-
-@pytest.mark.parametrize("keep", [True, False])
-def test_the_keep_freed_memory_setting_reaches_the_predictor(monkeypatch, keep):
-    """DETECTOR_KEEP_FREED_MEMORY / --keep-freed-memory (detector/memory.py; on by default)."""
-    calls = []
-    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    with TestClient(create_app(settings(preset=PRESET, keep_freed_memory=keep))) as client:
-        wait_ready(client)
-    assert bool(calls) is keep
 
 
 def test_model_info_names_the_weights_and_their_hash(predictor, tmp_path):

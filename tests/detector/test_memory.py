@@ -1,5 +1,5 @@
 """detector/memory.py: after keep_freed_memory(), a tensor freed and allocated again costs no page faults;
-the Predictor applies it on the CPU unless told not to."""
+only the entry points apply it: building or running a Predictor leaves malloc as it was."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from detector import memory
-from detector.modeling.presets import get_preset
-from detector.modeling.rcnn import build_model
-from detector.predictor import Predictor
+from tests.process_state import glibc_only, state_after
 
 ROOT = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -60,12 +58,30 @@ def test_keep_freed_memory_is_applied_once_and_says_so(monkeypatch):
     assert calls == [1]
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_predictor_keeps_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch, keep):
+@glibc_only
+def test_the_probe_sees_the_setting():
+    """The observation the tests below rely on can fail: applied, big blocks stop being mmapped."""
+    assert state_after("")["big_block_mmapped"] is True
+    state = state_after("from detector import memory; memory.keep_freed_memory()")
+    assert (state["memory_applied"], state["big_block_mmapped"]) == (True, False)
+
+
+@glibc_only
+def test_a_predictor_leaves_malloc_as_it_was():
+    state = state_after(
+        "import numpy as np\n"
+        "from detector.predictor import Predictor\n"
+        "p = Predictor.from_preset('small_r18_fpn', device='cpu')\n"
+        "p.predict([np.zeros((64, 96, 3), np.uint8)])\n"
+    )
+    assert (state["memory_applied"], state["big_block_mmapped"]) == (None, True)
+
+
+def test_only_the_cpu_is_given_the_setting(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    Predictor(build_model(get_preset("small_r18_fpn")), device="cpu", speed="exact", keep_freed_memory=keep)
-    assert bool(calls) is keep
+    assert memory.keep_freed_memory_for("cuda:1") is False and calls == []
+    assert memory.keep_freed_memory_for("cpu") is True and calls == [1]
 
 
 @linux_only

@@ -7,6 +7,7 @@ from pycocotools import mask as mask_util
 
 from detector.predict import main
 from detector.weights.builtin import builtin_file
+from tests.process_state import glibc_only, state_after
 
 
 @pytest.fixture
@@ -73,3 +74,13 @@ def test_an_unknown_speed_is_refused(tmp_path, image_file, capsys):
         main(["--speed", "ludicrous", "--out", str(tmp_path / "out.json"), str(image_file)])
     assert exit_info.value.code == 2
     assert "--speed" in capsys.readouterr().err
+
+
+@glibc_only
+@pytest.mark.parametrize("flag, kept", [([], True), (["--no-keep-freed-memory"], False)])
+def test_keeps_freed_memory_unless_told_not_to(tmp_path, image_file, flag, kept):
+    """The CLI, not the Predictor, applies detector.memory's setting: on by default, off with the flag."""
+    argv = ["--model", "small_r18_fpn", "--speed", "exact", "--out", str(tmp_path / "out.json"), str(image_file), *flag]
+    state = state_after(f"from detector.predict import main\nassert main({argv!r}) == 0")
+    assert state["memory_applied"] is (True if kept else None)
+    assert state["big_block_mmapped"] is not kept

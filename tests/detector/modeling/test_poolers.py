@@ -1,11 +1,19 @@
-"""detector/modeling/poolers.py: each box pooled from its FPN level, with torchvision's RoIAlign."""
+"""detector/modeling/poolers.py: each box pooled from its FPN level, with torchvision's RoIAlign; split
+across the threads of a RoIAlignThreads only while one is active, with the numbers of one thread."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torchvision.ops import roi_align
 
-from detector.modeling.poolers import MultiLevelRoIPooler
+from detector.modeling import poolers
+from detector.modeling.poolers import MultiLevelRoIPooler, RoIAlignThreads
+from tests.process_state import ROOT
 
 
 def _features_and_boxes():
@@ -36,8 +44,9 @@ def test_pooling_across_threads_gives_the_numbers_of_one_thread():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with torch.no_grad():
+        with torch.no_grad(), RoIAlignThreads() as owner, owner.active():
             parallel = pooler(features, boxes)  # RoIs in chunks on a pool of 2 threads
+            assert _roi_align_threads() == 2
         torch.set_num_threads(1)
         with torch.no_grad():
             serial = pooler(features, boxes)
@@ -45,3 +54,41 @@ def test_pooling_across_threads_gives_the_numbers_of_one_thread():
         torch.set_num_threads(threads)
     assert torch.equal(parallel, serial)
     assert torch.equal(pooler(features, boxes).detach(), serial)  # with autograd: one call per level
+
+
+def _roi_align_threads() -> int:
+    return sum(t.name.startswith("roi_align") for t in threading.enumerate())
+
+
+def test_no_pool_outlives_its_owner(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    features, boxes = _features_and_boxes()
+    pooler = MultiLevelRoIPooler(7, sampling_ratio=2)
+    before = _roi_align_threads()
+    with torch.no_grad():
+        alone = pooler(features, boxes)  # none active: the calling thread
+        assert _roi_align_threads() == before
+        owner = RoIAlignThreads()
+        with owner.active():
+            assert torch.equal(pooler(features, boxes), alone)
+            assert _roi_align_threads() == before + 2
+        pooler(features, boxes)  # no longer active: not lent
+        owner.close()
+    assert _roi_align_threads() == before
+
+
+def test_no_pool_at_module_level():
+    assert not [name for name, value in vars(poolers).items() if isinstance(value, ThreadPoolExecutor)]
+    assert poolers._ACTIVE.get() is None
+    code = ("import threading, torch, numpy as np\n"
+            "from detector.predictor import Predictor\n"
+            "torch.set_num_threads(2)\n"
+            "names = lambda: sorted(t.name for t in threading.enumerate() if t.name.startswith('roi_align'))\n"
+            "p = Predictor.from_preset('small_r18_fpn', speed='exact')\n"
+            "assert names() == [], names()\n"
+            "p.predict([np.zeros((256, 320, 3), np.uint8)])\n"
+            "assert len(names()) == 2, names()\n"
+            "p.close()\n"
+            "assert names() == [], names()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
