@@ -31,13 +31,13 @@ def test_an_installation_without_the_builtin_files_says_so_instead_of_serving_a_
     monkeypatch.setattr(builtin, "BUILTIN_PACKAGE", "detector.no_such_package")
     monkeypatch.setattr(builtin, "_CHECKOUT_DIR", tmp_path / "weights")
     with pytest.raises(ValueError, match=r"no built-in files \(small_r18_fpn.safetensors.*pip install \."):
-        Predictor.from_preset("small_r18_fpn", speed="exact", keep_freed_memory=False)
+        Predictor.from_preset("small_r18_fpn", speed="exact")
     with pytest.raises(ValueError, match=r"no built-in files \(catalogue.json"):
         builtin_file("catalogue.json")
 
 
 def test_a_preset_without_builtin_weights_is_random_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="detector.predictor"):
-        predictor = Predictor.from_preset("fasterrcnn_r50_fpn", speed="exact", keep_freed_memory=False)
+        predictor = Predictor.from_preset("fasterrcnn_r50_fpn", speed="exact")
     assert predictor.weights_path is None
     assert "fasterrcnn_r50_fpn has no built-in weights" in caplog.text

@@ -2,7 +2,6 @@ import contextlib
 import functools
 import hashlib
 import http.server
-import json
 import threading
 from pathlib import Path
 from dataclasses import replace
