@@ -6,12 +6,22 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.api.api_images import jpeg
 from tests.api.process import running
 from tests.api.serving import as_file
+
+
+def _server_read_everything_sent(port: int) -> bool:
+    """Whether the server has read all that clients sent it: some connection is open (ESTABLISHED) on its
+    port and none has bytes waiting in its receive queue (/proc/net/tcp: local address, state, then
+    tx_queue:rx_queue in hex). Then uvicorn has parsed the request's headers and the request is in flight."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    server_side = [row for row in rows if int(row[1].rsplit(":", 1)[1], 16) == port and row[3] == "01"]
+    return bool(server_side) and all(int(row[4].split(":")[1], 16) == 0 for row in server_side)
 
 
 def _shutting_down(base: str) -> bool:
