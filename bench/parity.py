@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.machine import cpu_info  # noqa: E402
+from bench.machine import commit, cpu_info  # noqa: E402
 from detector.data.images import read_image  # noqa: E402
 from detector.modeling.transform import resized_size  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'model':22} {'images':>6} {'identical':>9} {'max box diff':>12} {'max score diff':>14}")
     for name, r in results.items():
         print(f"{name:22} {r['images']:6} {r['identical']:9} {r['max_box_diff']:12.4g} {r['max_score_diff']:14.4g}")
-    report = {"command": " ".join(sys.argv), "torch": torch.__version__, "python": platform.python_version(),
+    report = {"command": " ".join(sys.argv), "commit": commit(), "torch": torch.__version__, "python": platform.python_version(),
               "threads": args.threads, "cpu": cpu_info(), "weights": f"random, seed {args.seed}, trained-looking BN",
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

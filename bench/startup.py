@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import commit, cpu_info  # noqa: E402
 from detector.modeling.speeds import SPEED_NAMES  # noqa: E402
 CLIS = ("detector.predict", "detector.eval", "detector.train", "detector.weights", "api")
 R50_PRESET = "maskrcnn_r50_fpn"
@@ -124,37 +125,6 @@ def _summary(runs: list[float]) -> dict:
             "max_s": round(max(runs), 4), "runs_s": [round(r, 4) for r in runs]}
 
 
-def _commit() -> str | None:
-    """The measured checkout's commit, "+" when its tracked files differ from it; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+" if dirty else "")
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and flags (/proc/cpuinfo's first processor), logical CPUs and this load."""
-    info = {"model": platform.processor() or platform.machine(), "flags": [], "logical_cpus": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    first = text.split("\n\n")[0]
-    for line in first.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-        elif key.strip() == "flags":
-            info["flags"] = value.split()
-    info["simd"] = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in info["flags"]]
-    if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
-    return info
-
-
 def _prepare(work: Path, presets: list[str]) -> tuple[Path, dict[str, Path | None]]:
     """A 480x640 test image, and each preset's weights file (None: its built-in weights)."""
     import numpy as np
@@ -230,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
-    report = {"bench": "startup", "commit": _commit(), "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
+    report = {"bench": "startup", "commit": commit(), "cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
               "torchvision": torchvision.__version__, "runs": args.runs, "presets": args.presets,
               "speeds": args.speeds, **measure(args.presets, args.speeds, args.runs, args.work_dir)}
     print(f"{'':44} {'median':>8} {'min':>8} {'max':>8} {'cpu':>8}  (seconds; {args.runs} runs; {report['cpu']['model']})")
