@@ -3,8 +3,9 @@
 Each setting (``api/settings.py``) has a flag, ``--max-batch-size 8`` for ``max_batch_size``;
 flags override ``DETECTOR_*`` environment variables, which override the defaults.
 
-SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish,
-queued ones are served, and the process exits 0.
+SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish and
+queued ones are served for up to ``shutdown_timeout_s``; those left then (a forward pass stuck) get 503,
+and the process exits 0 within ``shutdown_timeout_s + SHUTDOWN_MARGIN_S``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from api.settings import Settings
+from api.settings import SHUTDOWN_MARGIN_S, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
 
-    def drain() -> None:
-        app.state.service.draining = True
-
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on")
-    server = _Server(config, on_exit=drain)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S,
+    )
+    server = _Server(config, on_exit=app.state.service.drain)
     # uvicorn re-raises the signal it shut down on, once it is done, to give the default handler
     # its say; by then we have shut down gracefully, so that second delivery is a no-op (exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -58,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Started afresh each time: a lifespan run again on the same app (a test client entered twice)
     # must not keep the last run's "shutting down", nor look ready before its batcher is started.
     service.ready = service.draining = False
+    service.loop = asyncio.get_running_loop()  # for Service.drain, called from the SIGTERM handler
     loading = asyncio.create_task(_load(service), name="load-model")
     try:
         yield
@@ -69,7 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
         if service.batcher is not None:
-            await service.batcher.close()  # serves what is queued, refuses the rest
+            # Serves what is queued, within the bound; a close begun at SIGTERM (Service.drain) is waited for.
+            await service.batcher.close(service.settings.shutdown_timeout_s)
         logger.info("drained; shut down")
 
 

@@ -55,7 +55,8 @@ async def detect(request: Request, service: ReadyServiceDep, options: DetectOpti
 async def detect_render(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> Response:
     """Detect objects in one image and draw them on it (boxes, labels, masks, keypoints)."""
     image, det, result, timings = await _detect(request, service, options)
-    png = await anyio.to_thread.run_sync(_render, image, det, result)
+    async with service.slots.slot():  # a canvas and a PNG the size of the image: bounded like decoding
+        png = await anyio.to_thread.run_sync(_render, image, det, result)
     return Response(png, media_type="image/png", headers={"Server-Timing": _server_timing(timings)})
 
 
@@ -64,8 +65,10 @@ async def _detect(
 ) -> tuple[np.ndarray, Detections, dict, Timings]:
     """Decode, wait for a batched forward, then select and encode this request's detections."""
     try:
-        service.batcher.ensure_room()  # a full queue refuses before the body is read and decoded
-        image = await receive_image(request, service.settings)
+        # A full queue refuses before the body is read and decoded; requests waiting for a slot count toward it.
+        service.batcher.ensure_room(ahead=service.slots.waiting)
+        async with service.slots.slot():
+            image = await receive_image(request, service.settings)
         outcome = await service.batcher.submit(image)
     except BatcherError as exc:
         raise http_error(exc) from exc
