@@ -73,10 +73,25 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         np.clip(grey, 0.0, 255.0, out=grey)
         return _grey_to_rgb(grey.astype(np.uint8))
     if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
-        rgba = (image.convert("LA") if mode == "La" else image).convert("RGBA")  # Pillow has no La -> RGBA
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+        return _over_white(image)
     return np.array(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _over_white(image: Image.Image) -> np.ndarray:
+    """Alpha-composited over white, a band of rows at a time: each pixel as a whole-image composite gives
+    it, with no full-size RGBA, white or composite copies (a 40 MP image has 160 MB in each)."""
+    width, height = image.size
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))  # keeps the palette and its transparency
+        band = (band.convert("LA") if band.mode == "La" else band).convert("RGBA")  # Pillow has no La -> RGBA
+        white = Image.new("RGBA", band.size, (255, 255, 255, 255))
+        rgb[top : top + band.height] = np.asarray(Image.alpha_composite(white, band).convert("RGB"))
+    return rgb
+
+
+_BAND_PIXELS = 1 << 20  # pixels per band of ``_over_white``: 4 MB per RGBA copy
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:

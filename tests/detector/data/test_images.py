@@ -171,3 +171,21 @@ def test_the_result_is_a_fresh_writable_array() -> None:
     out = to_rgb_array(img)
     out[0, 0] = 0
     assert out.flags.writeable and img.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P+transparency"])
+def test_alpha_composited_band_by_band_equals_the_whole_image_composite(mode, monkeypatch):
+    from detector.data import images
+
+    rng = np.random.default_rng(0)
+    if mode == "P+transparency":
+        image = Image.fromarray(rng.integers(0, 256, (97, 61), dtype=np.uint8), "P")
+        image.putpalette(rng.integers(0, 256, 768).astype(np.uint8).tobytes())
+        image.info["transparency"] = 5
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (97, 61, 4), dtype=np.uint8), "RGBA").convert(mode)
+    rgba = image.convert("RGBA")
+    whole = np.array(Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB"))
+    monkeypatch.setattr(images, "_BAND_PIXELS", 61 * 10 + 7)  # bands of 10 rows, the last one short
+    assert np.array_equal(to_rgb_array(image), whole)
+    assert (whole == 255).mean() < 0.9  # not an all-white comparison
