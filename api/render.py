@@ -59,13 +59,20 @@ def _colour(label: int) -> tuple[int, int, int]:
 
 
 def _tint(canvas: Image.Image, window: np.ndarray, y0: int, x0: int, colour: tuple[int, int, int]) -> None:
-    """Blend ``colour`` at ``_MASK_ALPHA`` into the pixels of ``window`` (np.ndarray[h, w] bool) at (y0, x0)."""
+    """Blend ``colour`` at ``_MASK_ALPHA`` into the pixels of ``window`` (np.ndarray[h, w] bool) at (y0, x0),
+    a band of rows at a time: a box as large as the image costs a band's worth of copies, not the image's."""
     h, w = window.shape
-    if h == 0 or w == 0 or not window.any():
-        return
-    box = (x0, y0, x0 + w, y0 + h)
-    tinted = Image.blend(canvas.crop(box), Image.new("RGB", (w, h), colour), _MASK_ALPHA / 255)
-    canvas.paste(tinted, box, Image.fromarray(window.view(np.uint8) * 255, mode="L"))
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        part = window[top : top + rows]  # (rows, w)
+        if not part.any():
+            continue
+        box = (x0, y0 + top, x0 + w, y0 + top + part.shape[0])
+        tinted = Image.blend(canvas.crop(box), Image.new("RGB", (w, part.shape[0]), colour), _MASK_ALPHA / 255)
+        canvas.paste(tinted, box, Image.fromarray(part.view(np.uint8) * 255, mode="L"))
+
+
+_BAND_PIXELS = 1 << 20  # pixels per band of ``_tint``
 
 
 def _draw_mask(canvas: Image.Image, mask: dict, colour: tuple[int, int, int]) -> None:

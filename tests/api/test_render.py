@@ -94,3 +94,17 @@ def test_a_window_draws_what_its_rle_draws():
     from_window = render_png(image, {"width": W, "height": H, "detections": [det]}, masks=[(mask[10:40, 20:45], 10, 20)])
     assert np.array_equal(_decode(from_rle), _decode(from_window))
     assert not np.array_equal(_decode(from_rle), image)
+
+
+def test_a_mask_tinted_band_by_band_equals_one_band(monkeypatch):
+    import api.render
+
+    image = np.full((H, W, 3), 90, np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[5:55, 10:70] = True
+    mask[20:30, 30:40] = False
+    det = {"bbox": [10, 5, 70, 55], "score": 0.8, "label": 1, "category": "circle", "mask": _rle(mask)}
+    whole = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
+    monkeypatch.setattr(api.render, "_BAND_PIXELS", 60 * 7 + 3)  # bands of 7 rows of the box
+    assert np.array_equal(_decode(render_png(image, {"width": W, "height": H, "detections": [det]})), whole)
+    assert not np.array_equal(whole, image)
