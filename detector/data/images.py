@@ -45,14 +45,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as they are stored."""
+    """Apply the EXIF orientation, in place (Pillow's default returns a copy, a full-size one even when
+    there is nothing to turn); returns ``image``. A broken EXIF block leaves the pixels as they are stored."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's EXIF parser raises many types on bad data
         logger.warning("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
-        return image
+    return image
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
