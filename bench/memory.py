@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'kind':<12} {'statuses':<34} {'idle MiB':>9} {'peak MiB':>9} {'s':>6}")
     for name in args.kinds:
         kinds = [MIX[i % len(MIX)] for i in range(args.concurrency)] if name == "mix" else [name] * args.concurrency
-        run = burst(args.code, kinds, images, args.cache / f"server-{name}.log", timeout_s=args.timeout,
+        run = burst(args.code, kinds, images, args.cache / f"server-{name}-{os.getpid()}.log", timeout_s=args.timeout,
                     max_detections=args.max_detections, kill_above_bytes=args.kill_above_gib * GIB)
         result["runs"][name] = {"requests": kinds, "max_detections": args.max_detections, **run}
         killed = " (killed: past --kill-above-gib)" if run["killed_above_limit"] else ""
