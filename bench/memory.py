@@ -20,7 +20,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_info  # noqa: E402
+from bench.server import free_port  # noqa: E402
 
 GIB = 1024**3
 ASPECT = 3 / 2  # width / height of the test images, a camera's
@@ -153,12 +153,6 @@ def kill_above(proc: subprocess.Popen, limit_bytes: float, stop: threading.Event
                 return
         except (OSError, RuntimeError):
             return
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
