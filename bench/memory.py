@@ -220,6 +220,17 @@ def burst(code: Path, kinds: list[str], images: dict[str, bytes], log: Path, *, 
             "peak_mib": round(peak / 2**20), "killed_above_limit": bool(killed), "under_3_gib": peak < 3 * GIB}
 
 
+def _commit(code: Path) -> str | None:
+    """The commit checked out in ``code`` (None outside a git checkout), with "+dirty" for local changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `python -m api` runs")
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     images = bodies(args.pixels, args.cache)
     height, width = image_size(args.pixels)
-    result = {"code": str(args.code.resolve()), "image": f"{width}x{height}", "concurrency": args.concurrency,
+    result = {"code": str(args.code.resolve()), "commit": _commit(args.code), "image": f"{width}x{height}", "concurrency": args.concurrency,
               "body_bytes": {name: len(body) for name, body in images.items()}, "cpu": cpu_info(), "runs": {}}
     print(f"{'kind':<12} {'statuses':<34} {'idle MiB':>9} {'peak MiB':>9} {'s':>6}")
     for name in args.kinds:
