@@ -147,6 +147,11 @@ class Batcher(Generic[T, R]):
         return 0.0 if self._forward_since is None else time.monotonic() - self._forward_since
 
     @property
+    def busy(self) -> bool:
+        """Whether a forward pass is running on the forward thread, one abandoned by ``close`` included."""
+        return self._thread.running
+
+    @property
     def stalled(self) -> bool:
         """Whether the forward pass running now has run past ``forward_timeout_s``."""
         return self.forward_age_s > self.forward_timeout_s
@@ -350,6 +355,7 @@ class _DaemonThread:
         self._name = name
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.running = False  # a call is under way
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         if self._thread is None:
@@ -368,10 +374,13 @@ class _DaemonThread:
             future, fn, args = call
             if not future.set_running_or_notify_cancel():
                 continue
+            self.running = True
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the awaiting request, which logs it
                 future.set_exception(exc)
+            finally:
+                self.running = False
 
 
 def _fail(pending: _Pending, error: BatcherError) -> None:
