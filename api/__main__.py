@@ -6,8 +6,9 @@ flags override ``DETECTOR_*`` environment variables, which override the defaults
 Process-wide settings are applied here, at startup, not by ``create_app``: malloc keeps freed
 memory on the CPU (``keep_freed_memory``) and Pillow's own bomb guard admits what ``max_pixels`` admits.
 
-SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish,
-queued ones are served, and the process exits 0.
+SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish and
+queued ones are served for up to ``shutdown_timeout_s``; those left then (a forward pass stuck) get 503,
+and the process exits 0 within ``shutdown_timeout_s + SHUTDOWN_MARGIN_S``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from api.settings import Settings
+from api.settings import SHUTDOWN_MARGIN_S, Settings
 from detector import memory
 
 if TYPE_CHECKING:
@@ -59,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_process(settings)
     app = create_app(settings)
 
-    def drain() -> None:
-        app.state.service.draining = True
-
-    return 0 if _serve(app, settings, log_level, on_exit=drain) else 1
+    return 0 if _serve(app, settings, log_level, on_exit=app.state.service.drain) else 1
 
 
 def _serve(app: FastAPI, settings: Settings, log_level: str, on_exit: Callable[[], None]) -> bool:
@@ -76,7 +74,11 @@ def _serve(app: FastAPI, settings: Settings, log_level: str, on_exit: Callable[[
             on_exit()
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on"))
+    server = Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S,
+    ))
     # uvicorn re-raises the signal it shut down on, once it is done, to give the default handler
     # its say; by then we have shut down gracefully, so that second delivery is a no-op (exit 0).
     for sig in (signal.SIGTERM, signal.SIGINT):

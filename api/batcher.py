@@ -18,16 +18,24 @@ Failure handling, per request:
   which a thread cannot be made to abandon, goes on; ``stalled`` says so, for the readiness probe);
 - if ``fn`` raises on a batch of several, each item is run alone, so only the item that breaks it
   fails (``BatchFailed``) and the others still get their results; the worker keeps serving.
+
+Closing (``close(timeout_s)``) refuses new items and serves the queued ones for at most ``timeout_s``;
+then every item left, the running batch's included, is answered ``BatcherClosed``, and ``close`` returns
+without waiting for a forward pass that is stuck: it runs on a daemon thread, which does not keep the
+process from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -126,7 +134,8 @@ class Batcher(Generic[T, R]):
         self._serial = False  # the last pass ran one item with nobody queued at its end: do not wait
         self._forward_since: float | None = None  # when the forward pass running now began
         # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-forward")
+        self._thread = _DaemonThread("detector-forward")
+        self._closing: asyncio.Future | None = None
 
     def start(self) -> None:
         """Start the worker; call from the event loop that will ``submit``."""
@@ -138,6 +147,11 @@ class Batcher(Generic[T, R]):
         return 0.0 if self._forward_since is None else time.monotonic() - self._forward_since
 
     @property
+    def busy(self) -> bool:
+        """Whether a forward pass is running on the forward thread, one abandoned by ``close`` included."""
+        return self._thread.running
+
+    @property
     def stalled(self) -> bool:
         """Whether the forward pass running now has run past ``forward_timeout_s``."""
         return self.forward_age_s > self.forward_timeout_s
@@ -147,13 +161,14 @@ class Batcher(Generic[T, R]):
         """Requests waiting for the model (not counting the batch running now)."""
         return self._queue.qsize()
 
-    def ensure_room(self) -> None:
+    def ensure_room(self, ahead: int = 0) -> None:
         """Raise now what ``submit`` would raise at once, so a caller can refuse before costly work
-        (decoding an image) rather than after it."""
+        (decoding an image) rather than after it. ``ahead``: items the caller holds that will be
+        submitted before this one (requests waiting to be decoded); they count toward the queue."""
         if self._closed or self._task is None:
             raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
-        if self._queue.full():
-            raise QueueFull(self._retry_after_s())
+        if self._queue.qsize() + ahead >= self.queue_size:
+            raise QueueFull(self._retry_after_s(ahead))
 
     async def submit(self, item: T) -> BatchOutcome[R]:
         """Queue ``item`` and wait for its result; raises a ``BatcherError`` when it cannot be served."""
@@ -194,18 +209,41 @@ class Batcher(Generic[T, R]):
                     pending.future.cancel()  # the worker skips cancelled items
                     raise DeadlineExceeded(f"waited {self.timeout_s:g} s in the queue without reaching the model") from None
 
-    async def close(self) -> None:
-        """Refuse new items, serve every queued one, then stop the worker."""
-        if self._closed:
-            return
+    async def close(self, timeout_s: float = math.inf) -> None:
+        """Refuse new items and serve the queued ones; past ``timeout_s``, answer every item left (the
+        running batch's too) ``BatcherClosed`` and return, leaving a stuck forward pass to its daemon
+        thread. A second call waits for the first (with the first's ``timeout_s``)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(timeout_s))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, timeout_s: float) -> None:
         self._closed = True
         if self._task is not None:
-            await self._queue.put(_Stop())  # waits for room: the worker keeps draining
-            await self._task
-        self._executor.shutdown(wait=True)
+            deadline = time.monotonic() + timeout_s
+            try:
+                # Waits for room (the worker keeps draining), then for the worker to reach it.
+                await asyncio.wait_for(self._queue.put(_Stop()), None if math.isinf(timeout_s) else timeout_s)
+                left = deadline - time.monotonic()
+                await asyncio.wait_for(asyncio.shield(self._task), None if math.isinf(timeout_s) else max(left, 0.0))
+            except asyncio.TimeoutError:
+                logger.warning("closing: %g s passed with requests left; they are answered 'shutting down'", timeout_s)
+                self.abandon()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self._thread.stop()
 
-    def _retry_after_s(self) -> int:
-        batches_ahead = math.ceil(self._queue.qsize() / self.max_batch_size)
+    def abandon(self) -> None:
+        """Close now: every item left, the running batch's too, is answered ``BatcherClosed`` (as soon as
+        the loop runs the worker's cancellation) and nothing more runs; a forward pass under way goes on
+        on its daemon thread, its result dropped. Call on the event loop's thread."""
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # its ``finally`` fails the running batch and the queue
+        self._thread.stop()
+
+    def _retry_after_s(self, ahead: int = 0) -> int:
+        batches_ahead = math.ceil((self._queue.qsize() + ahead) / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._mean_run_s))
 
     async def _work(self) -> None:
@@ -300,12 +338,49 @@ class Batcher(Generic[T, R]):
     async def _call(self, items: list[T]) -> Sequence[R]:
         self._forward_since = time.monotonic()
         try:
-            values = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, items)
+            values = await asyncio.wrap_future(self._thread.submit(self.fn, items))
         finally:
             self._forward_since = None
         if len(values) != len(items):
             raise RuntimeError(f"batch function gave {len(values)} results for {len(items)} items")
         return values
+
+
+class _DaemonThread:
+    """Runs calls one at a time, in order, on one daemon thread (started at the first call). Unlike a
+    ThreadPoolExecutor's threads, which the interpreter joins at exit, a call stuck in a forward pass
+    does not keep the process alive once the service has shut down."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.running = False  # a call is under way
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        future: Future = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        """Let the thread end after the call it runs, if any (not waited for)."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            self.running = True
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the awaiting request, which logs it
+                future.set_exception(exc)
+            finally:
+                self.running = False
 
 
 def _fail(pending: _Pending, error: BatcherError) -> None:

@@ -3,15 +3,20 @@
 Each error names what was wrong, in words for the client (never an exception's text: that goes to the
 debug log), and maps to one HTTP status at the edge (``api/deps.py``):
 ``ImageTooLarge`` -> 413, ``UnsupportedImage`` -> 415, ``InvalidImage`` -> 422.
+``WorkSlots`` bounds how many requests read and decode a body at once.
 ``BodySizeLimit`` enforces the request-body limit while the body streams in, so a client
 cannot make the server buffer more than the limit, whether or not it sends Content-Length.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
+
+from collections.abc import AsyncIterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -115,6 +120,31 @@ def _unsupported_message(data: bytes) -> str:
     if found is None:
         return f"not a recognised image; send one of {allowed}"
     return f"{found} images are not supported; send one of {allowed}"
+
+
+class WorkSlots:
+    """At most ``limit`` requests at once read and decode their body (or draw their result): each holds
+    a full-size image or two while it does, so this bounds that memory; the others wait, holding only
+    their connection. ``waiting`` counts them, so that they can count toward the queue's bound."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.waiting = 0
+        self._free = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 class BodySizeLimit:

@@ -6,8 +6,9 @@ their own exceptions, and ``http_error`` maps them to a status.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,7 +18,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.batcher import BatcherClosed, BatcherError, BatchFailed, DeadlineExceeded, QueueFull
-from api.decode import ImageError, ImageTooLarge, UnsupportedImage, decode_image
+from api.decode import ImageError, ImageTooLarge, UnsupportedImage, WorkSlots, decode_image
 from api.metrics import Metrics
 from api.schemas import DetectOptions
 from api.settings import Settings
@@ -39,6 +40,23 @@ class Service:
     ready: bool = False  # loaded and warmed up
     draining: bool = False  # SIGTERM received or shutting down: readiness fails
     load_error: str | None = None  # why the model failed to load: for the log and tests, never sent to clients
+    slots: WorkSlots = field(init=False)  # bodies read and decoded, results drawn, at once
+    loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)  # set by the lifespan
+
+    def __post_init__(self) -> None:
+        self.slots = WorkSlots(self.settings.decode_concurrency)
+
+    def drain(self) -> None:
+        """Shutting down: readiness fails at once; the batcher goes on serving, for ``shutdown_timeout_s``
+        at most, then every request still waiting for the model gets 503 (``Batcher.abandon``). Safe from
+        a signal handler on the event loop's thread."""
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._abandon_later)
+
+    def _abandon_later(self) -> None:
+        if self.batcher is not None:
+            self.loop.call_later(self.settings.shutdown_timeout_s, self.batcher.abandon)
 
 
 # What a client is told when the model failed to load: the reason (a server path, an exception's text)

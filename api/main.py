@@ -58,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Started afresh each time: a lifespan run again on the same app (a test client entered twice)
     # must not keep the last run's "shutting down", nor look ready before its batcher is started.
     service.ready = service.draining = False
+    service.loop = asyncio.get_running_loop()  # for Service.drain, called from the SIGTERM handler
     loads_its_own = service.predictor is None
     loading = asyncio.create_task(_load(service), name="load-model")
     try:
@@ -70,8 +71,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
         if service.batcher is not None:
-            await service.batcher.close()  # serves what is queued, refuses the rest
-        if loads_its_own and service.predictor is not None:
+            # Serves what is queued, within the bound; a close begun at SIGTERM (Service.drain) is waited for.
+            await service.batcher.close(service.settings.shutdown_timeout_s)
+        stuck = service.batcher is not None and service.batcher.busy  # a pass abandoned at shutdown still runs
+        if loads_its_own and service.predictor is not None and not stuck:
             await asyncio.to_thread(service.predictor.close)  # its RoIAlign threads, once their work is done
         logger.info("drained; shut down")
 

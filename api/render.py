@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -19,15 +20,23 @@ _MASK_ALPHA = 110  # of 255
 _KEYPOINT_MIN_SCORE = 0.0  # keypoint scores are heatmap logits: > 0 is "more likely there than not"
 
 
-def render_png(image: np.ndarray, result: dict) -> bytes:
-    """image: np.ndarray[H, W, 3] uint8 RGB; result: ``Predictor.to_json`` of its detections."""
-    canvas = Image.fromarray(image).convert("RGBA")
+def render_png(image: np.ndarray, result: dict, masks: Iterable[tuple[np.ndarray, int, int]] | None = None) -> bytes:
+    """image: np.ndarray[H, W, 3] uint8 RGB; result: ``Predictor.to_json`` of its detections.
+
+    ``masks``: per detection, its mask as an in-box window (np.ndarray[h, w] bool, y0, x0), as
+    ``detector.mask_paste.mask_windows`` yields them; without it, the masks in ``result`` are drawn.
+    Each mask is blended into its own box, so no image-sized layer is made per mask: the memory is the
+    RGB canvas, the window of one mask and the PNG.
+    """
+    canvas = Image.fromarray(image)
     detections = result["detections"]
-    overlay = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
-    for det in detections:
-        if det.get("mask") is not None:
-            _draw_mask(overlay, det["mask"], _colour(det["label"]))
-    canvas = Image.alpha_composite(canvas, overlay)
+    if masks is not None:
+        for det, (window, y0, x0) in zip(detections, masks):
+            _tint(canvas, np.asarray(window, dtype=bool), y0, x0, _colour(det["label"]))
+    else:
+        for det in detections:
+            if det.get("mask") is not None:
+                _draw_mask(canvas, det["mask"], _colour(det["label"]))
 
     draw = ImageDraw.Draw(canvas)
     line = max(2, round(max(canvas.size) / 400))
@@ -41,7 +50,7 @@ def render_png(image: np.ndarray, result: dict) -> bytes:
         _draw_label(draw, font, f"{det['category']} {det['score']:.2f}", (x1, y1), colour)
 
     out = io.BytesIO()
-    canvas.convert("RGB").save(out, format="PNG")
+    canvas.save(out, format="PNG")
     return out.getvalue()
 
 
@@ -49,18 +58,46 @@ def _colour(label: int) -> tuple[int, int, int]:
     return _PALETTE[label % len(_PALETTE)]
 
 
-def _draw_mask(overlay: Image.Image, mask: dict, colour: tuple[int, int, int]) -> None:
-    fill = (*colour, _MASK_ALPHA)
-    if "counts" in mask:  # COCO RLE
+def _tint(canvas: Image.Image, window: np.ndarray, y0: int, x0: int, colour: tuple[int, int, int]) -> None:
+    """Blend ``colour`` at ``_MASK_ALPHA`` into the pixels of ``window`` (np.ndarray[h, w] bool) at (y0, x0),
+    a band of rows at a time: a box as large as the image costs a band's worth of copies, not the image's."""
+    h, w = window.shape
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        part = window[top : top + rows]  # (rows, w)
+        if not part.any():
+            continue
+        box = (x0, y0 + top, x0 + w, y0 + top + part.shape[0])
+        tinted = Image.blend(canvas.crop(box), Image.new("RGB", (w, part.shape[0]), colour), _MASK_ALPHA / 255)
+        canvas.paste(tinted, box, Image.fromarray(part.view(np.uint8) * 255, mode="L"))
+
+
+_BAND_PIXELS = 1 << 20  # pixels per band of ``_tint``
+
+
+def _draw_mask(canvas: Image.Image, mask: dict, colour: tuple[int, int, int]) -> None:
+    if "counts" in mask:  # COCO RLE: decoded whole (one mask at a time), drawn within its extent
         rle = {"size": mask["size"], "counts": mask["counts"].encode() if isinstance(mask["counts"], str) else mask["counts"]}
-        binary = mask_utils.decode(rle)  # (H, W) uint8, 0/1
-        stencil = Image.fromarray(binary * 255, mode="L")
-        overlay.paste(Image.new("RGBA", overlay.size, fill), (0, 0), stencil)
-    else:  # polygons [[x1, y1, x2, y2, ...], ...]
-        draw = ImageDraw.Draw(overlay)
-        for polygon in mask["polygons"]:
-            if len(polygon) >= 6:
-                draw.polygon([(polygon[i], polygon[i + 1]) for i in range(0, len(polygon) - 1, 2)], fill=fill)
+        binary = mask_utils.decode(rle).astype(bool)  # (H, W)
+        rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+        if rows.size:
+            y0, x0 = int(rows[0]), int(cols[0])
+            _tint(canvas, binary[y0 : rows[-1] + 1, x0 : cols[-1] + 1], y0, x0, colour)
+    else:  # polygons [[x1, y1, x2, y2, ...], ...]: filled on a stencil the size of their extent
+        polygons = [p for p in mask["polygons"] if len(p) >= 6]
+        if not polygons:
+            return
+        xs = [v for p in polygons for v in p[0::2]]
+        ys = [v for p in polygons for v in p[1::2]]
+        x0, y0 = max(int(min(xs)), 0), max(int(min(ys)), 0)
+        x1, y1 = min(int(max(xs)) + 1, canvas.width), min(int(max(ys)) + 1, canvas.height)
+        if x1 <= x0 or y1 <= y0:
+            return
+        stencil = Image.new("L", (x1 - x0, y1 - y0), 0)
+        draw = ImageDraw.Draw(stencil)
+        for p in polygons:
+            draw.polygon([(p[i] - x0, p[i + 1] - y0) for i in range(0, len(p) - 1, 2)], fill=255)
+        _tint(canvas, np.asarray(stencil) > 0, y0, x0, colour)
 
 
 def _draw_keypoints(draw: ImageDraw.ImageDraw, keypoints: list, colour: tuple[int, int, int], line: int) -> None:

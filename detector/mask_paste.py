@@ -40,6 +40,13 @@ def _paste_windows(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int
         yield (window if threshold is None else window > threshold), y0, x0
 
 
+def mask_windows(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5):
+    """Yield, per detection, (Tensor[h, w] bool, y0, x0): its thresholded mask over the visible part of its
+    box, at (y0, x0) in the image ((0, 0)-sized when the box is off the image). The full mask is this window
+    in an image of zeros, so callers that only need the window (polygons, drawing) never hold H x W."""
+    yield from _paste_windows(mask_probs, boxes, image_size, threshold)
+
+
 def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float = 0.5) -> Tensor:
     """mask_probs (K, M, M) in [0, 1], boxes (K, 4) xyxy in image pixels -> Tensor[K, H, W] bool."""
     out = torch.zeros((boxes.shape[0], *image_size), dtype=torch.bool, device=mask_probs.device)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
-from detector.mask_paste import paste_masks
+from detector.mask_paste import mask_windows
 from detector.modeling.poolers import RoIAlignThreads
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN, build_model
@@ -152,12 +152,20 @@ class Predictor:
 
 
 def mask_polygons(det: Detections) -> list[list[list[float]]]:
-    """Outer contours of each mask as COCO polygons ([x1, y1, x2, y2, ...] per part)."""
+    """Outer contours of each mask as COCO polygons ([x1, y1, x2, y2, ...] per part), in image pixels.
+
+    Traced on each mask's in-box window (``mask_windows``) with a one-pixel zero border, which gives the
+    contours of the full mask: outside its window a mask is zero. Never K x H x W."""
     import cv2  # only this output format needs OpenCV
 
+    if det.mask_probs is None:
+        raise ValueError("mask_polygons needs detections with masks (mask_probs is None)")
     out = []
-    for mask in paste_masks(det.mask_probs, det.boxes, det.image_size).numpy().astype(np.uint8):
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for window, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size):
+        if window.numel() == 0:
+            out.append([])
+            continue
+        framed = np.pad(window.numpy().view(np.uint8), 1)  # (h+2, w+2) uint8, 0/1
+        contours, _ = cv2.findContours(framed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0 - 1, y0 - 1))
         out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
     return out
-

@@ -12,6 +12,7 @@ from api.batcher import BatcherError
 from api.deps import DetectOptionsDep, ReadyServiceDep, Service, http_error, receive_image, require_api_key
 from api.render import render_png
 from api.schemas import DetectionResponse, DetectOptions, Timings, errors
+from detector.mask_paste import mask_windows
 from detector.structures import Detections
 
 router = APIRouter(tags=["detect"], dependencies=[Depends(require_api_key)])
@@ -41,7 +42,7 @@ _ERRORS = errors(400, 401, 413, 415, 422, 500, 503, 504)
              openapi_extra=_IMAGE_BODY)
 async def detect(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> DetectionResponse:
     """Detect objects in one image."""
-    _, result, timings = await _detect(request, service, options)
+    _, _, result, timings = await _detect(request, service, options)
     return DetectionResponse(**result, model=service.predictor.name, timings=timings)
 
 
@@ -53,28 +54,33 @@ async def detect(request: Request, service: ReadyServiceDep, options: DetectOpti
 )
 async def detect_render(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> Response:
     """Detect objects in one image and draw them on it (boxes, labels, masks, keypoints)."""
-    image, result, timings = await _detect(request, service, options)
-    png = await anyio.to_thread.run_sync(render_png, image, result)
+    image, det, result, timings = await _detect(request, service, options)
+    async with service.slots.slot():  # a canvas and a PNG the size of the image: bounded like decoding
+        png = await anyio.to_thread.run_sync(_render, image, det, result)
     return Response(png, media_type="image/png", headers={"Server-Timing": _server_timing(timings)})
 
 
-async def _detect(request: Request, service: Service, options: DetectOptions) -> tuple[np.ndarray, dict, Timings]:
+async def _detect(
+    request: Request, service: Service, options: DetectOptions
+) -> tuple[np.ndarray, Detections, dict, Timings]:
     """Decode, wait for a batched forward, then select and encode this request's detections."""
     try:
-        service.batcher.ensure_room()  # a full queue refuses before the body is read and decoded
-        image = await receive_image(request, service.settings)
+        # A full queue refuses before the body is read and decoded; requests waiting for a slot count toward it.
+        service.batcher.ensure_room(ahead=service.slots.waiting)
+        async with service.slots.slot():
+            image = await receive_image(request, service.settings)
         outcome = await service.batcher.submit(image)
     except BatcherError as exc:
         raise http_error(exc) from exc
     labels = _labels(service, options)
-    result = await anyio.to_thread.run_sync(_encode, service, outcome.value, options, labels)
+    det, result = await anyio.to_thread.run_sync(_encode, service, outcome.value, options, labels)
     started = getattr(request.state, "started", None) or time.perf_counter()
     timings = Timings(
         queue_ms=outcome.queue_s * 1000,
         inference_ms=outcome.run_s * 1000,
         total_ms=(time.perf_counter() - started) * 1000,
     )
-    return image, result, timings
+    return image, det, result, timings
 
 
 def _labels(service: Service, options: DetectOptions) -> list[int] | None:
@@ -85,9 +91,20 @@ def _labels(service: Service, options: DetectOptions) -> list[int] | None:
     return [label for label, name in enumerate(service.predictor.class_names) if label > 0 and name in wanted]
 
 
-def _encode(service: Service, det: Detections, options: DetectOptions, labels: list[int] | None) -> dict:
+def _encode(
+    service: Service, det: Detections, options: DetectOptions, labels: list[int] | None
+) -> tuple[Detections, dict]:
     det = det.select(options.score_threshold, labels, options.max_detections)
-    return service.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
+    return det, service.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
+
+
+def _render(image: np.ndarray, det: Detections, result: dict) -> bytes:
+    """The masks are drawn from their in-box windows whatever the JSON's mask format (never K full masks)."""
+    has_masks = det.mask_probs is not None and any("mask" in d for d in result["detections"])
+    windows = None
+    if has_masks:
+        windows = ((w.numpy(), y0, x0) for w, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size))
+    return render_png(image, result, masks=windows)
 
 
 def _server_timing(timings: Timings) -> str:

@@ -45,42 +45,68 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as they are stored."""
+    """Apply the EXIF orientation, in place (Pillow's default returns a copy, a full-size one even when
+    there is nothing to turn); returns ``image``. A broken EXIF block leaves the pixels as they are stored."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's EXIF parser raises many types on bad data
         logger.warning("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
-        return image
+    return image
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> np.ndarray[H, W, 3] uint8, a fresh writable array (see the module's docstring)."""
+    """Any Pillow mode -> np.ndarray[H, W, 3] uint8, a fresh writable array (see the module's docstring).
+
+    Converted a band of rows at a time into the result, so that besides the image and the result only a
+    band's worth of copies exists (a 40 MP image is 120 MB as RGB, 160 MB in each RGBA copy); each mode's
+    conversion is per pixel, so the bands give what the whole image would."""
     mode = image.mode
-    if mode == "RGB":
-        return np.array(image)
     if mode.startswith("I;16") or mode == "I":
-        grey = np.array(image)  # (H, W) uint16 (any byte order) or int32
-        if mode == "I":
-            np.clip(grey, 0, 65535, out=grey)
-        return _grey_to_rgb(_SIXTEEN_TO_EIGHT[grey])
-    if mode == "F":
-        grey = np.array(image)  # (H, W) float32
-        np.nan_to_num(grey, copy=False)
-        grey *= 255.0
-        grey += 0.5
-        np.clip(grey, 0.0, 255.0, out=grey)
-        return _grey_to_rgb(grey.astype(np.uint8))
-    if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
-        rgba = (image.convert("LA") if mode == "La" else image).convert("RGBA")  # Pillow has no La -> RGBA
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.array(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
-
-
-def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 -> (H, W, 3) uint8, the grey in each channel."""
-    rgb = np.empty((*grey.shape, 3), dtype=np.uint8)
-    rgb[...] = grey[:, :, None]  # (H, W) -> (H, W, 3)
+        convert = _wide_grey
+    elif mode == "F":
+        convert = _float_grey
+    elif mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        convert = _over_white
+    elif mode == "RGB":
+        convert = np.asarray
+    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX by Pillow's own conversion
+        convert = _pillow_rgb
+    width, height = image.size
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))  # keeps the palette and its transparency
+        pixels = convert(band)  # (h, W, 3) or, grey, (h, W)
+        rgb[top : top + band.height] = pixels if pixels.ndim == 3 else pixels[:, :, None]  # (h, W) -> (h, W, 3)
     return rgb
+
+
+_BAND_PIXELS = 1 << 20  # pixels per band of ``to_rgb_array``: 4 MB per RGBA copy
+
+
+def _wide_grey(band: Image.Image) -> np.ndarray:
+    grey = np.array(band)  # (h, W) uint16 (any byte order) or int32
+    if band.mode == "I":
+        np.clip(grey, 0, 65535, out=grey)
+    return _SIXTEEN_TO_EIGHT[grey]
+
+
+def _float_grey(band: Image.Image) -> np.ndarray:
+    grey = np.array(band)  # (h, W) float32
+    np.nan_to_num(grey, copy=False)
+    grey *= 255.0
+    grey += 0.5
+    np.clip(grey, 0.0, 255.0, out=grey)
+    return grey.astype(np.uint8)
+
+
+def _over_white(band: Image.Image) -> np.ndarray:
+    rgba = (band.convert("LA") if band.mode == "La" else band).convert("RGBA")  # Pillow has no La -> RGBA
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+
+
+def _pillow_rgb(band: Image.Image) -> np.ndarray:
+    return np.asarray(band.convert("RGB"))

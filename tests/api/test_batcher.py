@@ -328,3 +328,48 @@ def test_observer_sees_batches_and_waits():
 def test_bad_configuration_is_refused(kwargs):
     with pytest.raises(ValueError):
         Batcher(lambda items: items, **kwargs)
+
+
+def test_close_does_not_wait_past_its_timeout_on_a_stuck_forward():
+    fn = SlowDouble(delay_s=0)
+    fn.release.clear()  # the first pass hangs (up to 5 s) until released
+
+    async def main():
+        batcher = await started(fn, max_batch_size=1, max_wait_ms=0)
+        running = asyncio.create_task(batcher.submit(1))
+        while not fn.batches:  # its pass has begun
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0)
+        began = time.monotonic()
+        await batcher.close(timeout_s=0.3)
+        took = time.monotonic() - began
+        results = await asyncio.gather(running, queued, return_exceptions=True)
+        await batcher.close()  # a second close returns at once
+        return took, results, batcher
+
+    try:
+        took, results, batcher = run(main())
+        assert batcher.busy  # the abandoned pass still holds its thread
+        fn.release.set()
+        deadline = time.monotonic() + 5
+        while batcher.busy:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        fn.release.set()
+    assert 0.3 <= took < 2.0
+    assert [type(r) for r in results] == [BatcherClosed, BatcherClosed]
+    assert fn.batches == [[1]]  # the queued item never ran
+
+
+def test_ensure_room_counts_the_requests_the_caller_holds():
+    async def main():
+        batcher = await started(SlowDouble(), queue_size=4)
+        batcher.ensure_room(ahead=3)  # 3 waiting to be decoded + this one: room
+        with pytest.raises(QueueFull) as refused:
+            batcher.ensure_room(ahead=4)
+        await batcher.close()
+        return refused.value.retry_after_s
+
+    assert run(main()) >= 1

@@ -161,3 +161,41 @@ def test_body_limit_when_chunked_without_content_length():
     assert response.request.headers.get("content-length") is None
     assert response.status_code == 413
     assert client.post("/", content=iter([b"x" * 50, b"x" * 50])).json() == {"received": 100}
+
+
+def test_work_slots_let_limit_requests_in_at_once_and_count_the_others():
+    import asyncio
+
+    from api.decode import WorkSlots
+
+    slots = WorkSlots(2)
+    inside, most, waiting_seen = 0, 0, []
+
+    async def one():
+        nonlocal inside, most
+        async with slots.slot():
+            inside += 1
+            most = max(most, inside)
+            waiting_seen.append(slots.waiting)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    async def main():
+        tasks = [asyncio.create_task(one()) for _ in range(5)]
+        await asyncio.sleep(0.005)
+        waiting = slots.waiting  # two inside, three waiting (they count toward the queue)
+        await asyncio.gather(*tasks)
+        return waiting
+
+    assert asyncio.run(main()) == 3
+    assert most == 2 and len(waiting_seen) == 5
+    assert slots.waiting == 0
+
+
+def test_work_slots_refuse_a_limit_below_one():
+    import pytest
+
+    from api.decode import WorkSlots
+
+    with pytest.raises(ValueError, match="limit"):
+        WorkSlots(0)

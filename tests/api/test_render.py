@@ -71,3 +71,40 @@ def test_person_keypoints_are_joined_by_the_coco_skeleton():
     keypoints[hip][2] = -1.0  # the hip unseen: no limb
     out = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
     assert out[30, 40].sum() == 0
+
+
+def test_masks_given_as_in_box_windows_are_drawn_in_their_box_only():
+    image = np.zeros((H, W, 3), np.uint8)
+    window = np.zeros((20, 20), bool)
+    window[5:15, 5:15] = True  # the mask covers [35:45, 55:65] of the image
+    det = {"bbox": [50, 30, 70, 50], "score": 0.8, "label": 2, "category": "square"}
+    out = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}, masks=[(window, 30, 50)]))
+    assert out[40, 60].sum() > 0 and out[40, 60].max() < 255  # inside the mask, translucent
+    assert out[33, 53].sum() == 0  # in the box, outside the mask
+    assert out[10, 10].sum() == 0
+
+
+def test_a_window_draws_what_its_rle_draws():
+    image = np.full((H, W, 3), 90, np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[10:40, 20:45] = True
+    mask[15:20, 30:35] = False  # a hole
+    det = {"bbox": [20, 10, 45, 40], "score": 0.8, "label": 1, "category": "circle"}
+    from_rle = render_png(image, {"width": W, "height": H, "detections": [{**det, "mask": _rle(mask)}]})
+    from_window = render_png(image, {"width": W, "height": H, "detections": [det]}, masks=[(mask[10:40, 20:45], 10, 20)])
+    assert np.array_equal(_decode(from_rle), _decode(from_window))
+    assert not np.array_equal(_decode(from_rle), image)
+
+
+def test_a_mask_tinted_band_by_band_equals_one_band(monkeypatch):
+    import api.render
+
+    image = np.full((H, W, 3), 90, np.uint8)
+    mask = np.zeros((H, W), bool)
+    mask[5:55, 10:70] = True
+    mask[20:30, 30:40] = False
+    det = {"bbox": [10, 5, 70, 55], "score": 0.8, "label": 1, "category": "circle", "mask": _rle(mask)}
+    whole = _decode(render_png(image, {"width": W, "height": H, "detections": [det]}))
+    monkeypatch.setattr(api.render, "_BAND_PIXELS", 60 * 7 + 3)  # bands of 7 rows of the box
+    assert np.array_equal(_decode(render_png(image, {"width": W, "height": H, "detections": [det]})), whole)
+    assert not np.array_equal(whole, image)

@@ -70,3 +70,38 @@ def test_serves_then_drains_on_sigterm_and_exits_0(tmp_path):
     assert in_flight["response"].json()["width"] == 32
     assert exit_code == 0, output
     assert "Traceback" not in output, output
+
+
+def test_sigterm_with_a_stuck_forward_pass_answers_503_and_exits_within_the_bound(tmp_path):
+    """The forward pass hangs (tests/api/stuck_forward.py); SIGTERM: the request in it gets 503 once
+    ``shutdown_timeout_s`` has passed, and the process exits 0 within shutdown_timeout_s + SHUTDOWN_MARGIN_S."""
+    from api.settings import SHUTDOWN_MARGIN_S
+    from tests.api.stuck_forward import STUCK_HEIGHT
+
+    shutdown_s = 2.0
+    flags = ("--shutdown-timeout-s", str(shutdown_s), "--forward-timeout-s", "600", "--log-level", "warning")
+    with running(tmp_path, *flags, module="tests.api.stuck_forward") as server:
+        server.wait_ready(90)
+        in_flight = {}
+
+        def post() -> None:
+            in_flight["response"] = httpx.post(
+                f"{server.base}/detect", files=as_file(jpeg(40, STUCK_HEIGHT)), timeout=60
+            )
+
+        client = threading.Thread(target=post)
+        client.start()
+        deadline = time.monotonic() + 30
+        while "detector_queue_wait_seconds_count 1.0" not in server.get("/metrics").text:  # its pass has begun
+            assert time.monotonic() < deadline and client.is_alive(), server.output()
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        exit_code = server.proc.wait(60)
+        took = time.monotonic() - signalled
+        client.join(10)
+        output = server.output()
+    assert in_flight["response"].status_code == 503, output
+    assert "shutting down" in in_flight["response"].json()["detail"]
+    assert exit_code == 0, output
+    assert shutdown_s <= took < shutdown_s + SHUTDOWN_MARGIN_S, output

@@ -55,3 +55,33 @@ def test_every_setting_has_a_flag():
 def test_bad_values_are_refused(bad):
     with pytest.raises(ValidationError):
         Settings(**bad)
+
+
+def test_the_defaults_bound_memory_and_shutdown_consistently():
+    import os
+
+    from api.settings import SHUTDOWN_MARGIN_S
+
+    s = Settings()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert s.decode_concurrency == min(cores, 4)
+    # uvicorn's 503 comes after the queue's own (with Retry-After), and leaves room for the probes.
+    assert s.limit_concurrency > s.queue_size + s.max_batch_size + s.decode_concurrency
+    # A forward pass that is not stuck ends within a shutdown; the shutdown fits compose's 60 s grace.
+    assert s.forward_timeout_s <= s.shutdown_timeout_s and s.shutdown_timeout_s + SHUTDOWN_MARGIN_S < 60
+
+
+def test_uvicorn_gets_the_concurrency_limit_and_the_graceful_shutdown_bound(monkeypatch):
+    from types import SimpleNamespace
+
+    import api.__main__ as entry
+    from api.settings import SHUTDOWN_MARGIN_S
+
+    seen = {}
+    app = SimpleNamespace(state=SimpleNamespace(service=SimpleNamespace(drain=lambda: None)))
+    monkeypatch.setattr("api.main.create_app", lambda settings: app)  # no model: only the server's config matters
+    monkeypatch.setattr(entry._Server, "run", lambda self: seen.update(config=self.config))
+    monkeypatch.setattr(entry.signal, "signal", lambda *args: None)  # leave pytest's own handlers alone
+    entry.main(["--limit-concurrency", "7", "--shutdown-timeout-s", "12"])
+    assert seen["config"].limit_concurrency == 7
+    assert seen["config"].timeout_graceful_shutdown == 12 + SHUTDOWN_MARGIN_S

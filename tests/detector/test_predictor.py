@@ -21,3 +21,42 @@ def test_a_model_without_keypoints_has_no_keypoint_names_or_classes():
     predictor = Predictor(build_model(replace(small_r18_fpn(), keypoint=None)), speed="exact")
     assert predictor.has_keypoints is False
     assert predictor.keypoint_names == () and predictor.keypoint_classes == ()
+
+
+def _full_mask_polygons(det):
+    """The former path: K full-image masks, then contours (the reference the in-box path must equal)."""
+    import cv2
+    import numpy as np
+
+    from detector.mask_paste import paste_masks
+
+    out = []
+    for mask in paste_masks(det.mask_probs, det.boxes, det.image_size).numpy().astype(np.uint8):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        out.append([c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3])
+    return out
+
+
+def test_polygons_from_in_box_masks_equal_those_of_full_masks():
+    import pytest
+    import torch
+
+    pytest.importorskip("cv2", reason="polygon output needs opencv-python-headless")
+    from detector.predictor import mask_polygons
+    from detector.structures import Detections
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand((6, 28, 28), generator=generator)  # ragged blobs: several parts, holes, edges
+    probs[1] = 1.0  # a full box
+    boxes = torch.tensor([
+        [10.0, 12.0, 70.0, 50.0],  # inside the image
+        [-15.0, -8.0, 30.0, 25.0],  # cut by the top-left corner: the mask touches the image border
+        [60.0, 40.0, 130.0, 95.0],  # cut by the bottom-right corner
+        [0.0, 0.0, 100.0, 80.0],  # the whole image
+        [200.0, 200.0, 220.0, 230.0],  # off the image: no polygon
+        [33.3, 20.7, 34.9, 22.2],  # smaller than a few pixels
+    ])
+    det = Detections(boxes, torch.ones(6), torch.ones(6, dtype=torch.int64), (80, 100), mask_probs=probs)
+    polygons = mask_polygons(det)
+    assert polygons == _full_mask_polygons(det)
+    assert all(polygons[k] for k in range(4)) and polygons[4] == []  # a real comparison, not of empty lists

@@ -171,3 +171,40 @@ def test_the_result_is_a_fresh_writable_array() -> None:
     out = to_rgb_array(img)
     out[0, 0] = 0
     assert out.flags.writeable and img.getpixel((0, 0)) == (1, 2, 3)
+
+
+def _image_of_mode(mode: str, rng: np.random.Generator) -> Image.Image:
+    if mode in ("P", "P+transparency"):
+        image = Image.fromarray(rng.integers(0, 256, (97, 61), dtype=np.uint8), "P")
+        image.putpalette(rng.integers(0, 256, 768).astype(np.uint8).tobytes())
+        if mode == "P+transparency":
+            image.info["transparency"] = 5
+        return image
+    if mode in ("I;16", "I"):
+        return Image.fromarray(rng.integers(0, 65536, (97, 61)).astype(np.uint16)).convert(mode) if mode == "I" \
+            else Image.fromarray(rng.integers(0, 65536, (97, 61)).astype(np.uint16))
+    if mode == "F":
+        return Image.fromarray(rng.uniform(-0.2, 1.2, (97, 61)).astype(np.float32))
+    return Image.fromarray(rng.integers(0, 256, (97, 61, 4), dtype=np.uint8), "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "CMYK", "RGBA", "LA", "PA", "P", "P+transparency", "I;16", "I", "F"])
+def test_converted_band_by_band_equals_the_whole_image_at_once(mode, monkeypatch):
+    from detector.data import images
+
+    image = _image_of_mode(mode, np.random.default_rng(0))
+    whole = to_rgb_array(image)  # 97 x 61 pixels: one band
+    monkeypatch.setattr(images, "_BAND_PIXELS", 61 * 10 + 7)  # bands of 10 rows, the last one short
+    banded = to_rgb_array(image)
+    assert banded.shape == (97, 61, 3) and banded.flags.writeable
+    assert np.array_equal(banded, whole)
+    assert len(np.unique(whole)) > 1  # not a flat image compared with itself
+
+
+def test_alpha_over_white_equals_pillows_whole_image_composite(monkeypatch):
+    from detector.data import images
+
+    image = _image_of_mode("RGBA", np.random.default_rng(1))
+    whole = np.array(Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB"))
+    monkeypatch.setattr(images, "_BAND_PIXELS", 61 * 10 + 7)
+    assert np.array_equal(to_rgb_array(image), whole)
