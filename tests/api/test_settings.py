@@ -72,16 +72,18 @@ def test_the_defaults_bound_memory_and_shutdown_consistently():
 
 
 def test_uvicorn_gets_the_concurrency_limit_and_the_graceful_shutdown_bound(monkeypatch):
+    """From the command line to uvicorn's config (``_serve``; no model, no process-wide settings)."""
     from types import SimpleNamespace
 
+    import uvicorn
+
     import api.__main__ as entry
-    from api.settings import SHUTDOWN_MARGIN_S
+    from api.settings import SHUTDOWN_MARGIN_S, Settings
 
     seen = {}
-    app = SimpleNamespace(state=SimpleNamespace(service=SimpleNamespace(drain=lambda: None)))
-    monkeypatch.setattr("api.main.create_app", lambda settings: app)  # no model: only the server's config matters
-    monkeypatch.setattr(entry._Server, "run", lambda self: seen.update(config=self.config))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.update(config=self.config))
     monkeypatch.setattr(entry.signal, "signal", lambda *args: None)  # leave pytest's own handlers alone
-    entry.main(["--limit-concurrency", "7", "--shutdown-timeout-s", "12"])
+    overrides, _ = entry.parse_args(["--limit-concurrency", "7", "--shutdown-timeout-s", "12", "--forward-timeout-s", "10"])
+    entry._serve(SimpleNamespace(), Settings(**overrides), "warning", on_exit=lambda: None)
     assert seen["config"].limit_concurrency == 7
     assert seen["config"].timeout_graceful_shutdown == 12 + SHUTDOWN_MARGIN_S
