@@ -156,7 +156,8 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dic
     from detector.distributed import gather, shard
     from detector.evaluation.inference import predict_coco_results
 
-    with _blame(f"model {args.model}") if args.model else contextlib.nullcontext():  # else the file names itself
+    source = f"model {args.model}" if args.model else f"model of {args.weights}"
+    with _blame(source) if args.model else contextlib.nullcontext():  # else the errors name the file
         try:
             predictor = load_predictor(args.model, args.weights, args.device, args.speed)
         except (OSError, KeyError) as e:
@@ -164,12 +165,12 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dic
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)
     if not args.iou_types and "keypoints" in provided and not _supports(coco_gt, "keypoints"):
         provided.remove("keypoints")  # default: what the model gives and the annotations can score
-    iou_types = _choose_iou_types(args.iou_types, provided, f"model {predictor.name}", allow_missing=False)
+    iou_types = _choose_iou_types(args.iou_types, provided, source, allow_missing=False)
     _check_annotations_support(coco_gt, iou_types, args.ann)  # before the long part
     with _blame(args.ann):
         mapping = label_to_category_id(predictor.class_names, coco_gt.dataset["categories"])
         if not mapping:
-            raise ValueError(f"no category is named as a class of model {predictor.name} "
+            raise ValueError(f"no category is named as a class of {source} "
                              f"({', '.join(predictor.class_names[1:6])}, ...)")
     records = shard(coco_gt.loadImgs(sorted(coco_gt.getImgIds())), ctx)
     start = time.perf_counter()

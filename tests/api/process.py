@@ -89,13 +89,16 @@ class Server:
 
 
 @contextmanager
-def running(log_dir: Path, *flags: str, preset: str = PRESET, api_keys: str = "") -> Iterator[Server]:
-    """Start ``python -m api --preset PRESET --port <free> *flags`` (one thread; its output in a file
-    of ``log_dir``); kill it at the end if still alive."""
+def running(log_dir: Path, *flags: str, preset: str | None = PRESET, api_keys: str = "",
+            env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Start ``python -m api --preset PRESET --port <free> *flags`` (no --preset for None; ``env`` added
+    to the environment) with one thread, its output in a file of ``log_dir``; kill it at the end if
+    still alive."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "api", "--preset", preset, "--port", str(port), "--log-level", "info", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DETECTOR_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1", **(env or {})}
+    command = [sys.executable, "-m", "api", *(["--preset", preset] if preset else []), "--port", str(port),
+               "--log-level", "info", *flags]
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
