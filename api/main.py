@@ -82,7 +82,8 @@ async def _load(service: Service) -> None:
     settings, predictor = service.settings, service.predictor
     try:
         if predictor is None:
-            logger.info("loading %s on %s", settings.preset or settings.weights or "the default preset", settings.device)
+            what = settings.preset or settings.weights or "the default preset"
+            logger.info("loading %s on %s", what, settings.device)
             predictor = await asyncio.to_thread(
                 Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
             )

@@ -104,7 +104,10 @@ class Predictor:
             verify_if_catalogued(Path(weights))
             with torch.device("meta"):  # no memory and no random initialisation for what the file replaces
                 model = build_model(cfg)
-            load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
+            try:
+                load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
+            except ValueError as e:  # a file of other classes, say: the message names what it was loaded into
+                raise ValueError(f"{e} (the model: {name} with {len(cfg.class_names) - 1} classes)") from None
         return cls(model, device=device, name=name, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
