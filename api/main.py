@@ -32,7 +32,8 @@ _WARMUP_IMAGE_HW = (480, 640)  # a typical photo's shape; the first forward allo
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
-    """The app; it loads ``Predictor.from_preset(settings.preset, ...)`` at startup unless given one."""
+    """The app; it loads ``Predictor.from_preset(settings.preset, settings.weights, ...)`` at startup unless
+    given one."""
     settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="detector",
@@ -84,7 +85,8 @@ async def _load(service: Service) -> None:
     settings, predictor = service.settings, service.predictor
     try:
         if predictor is None:
-            logger.info("loading preset %s on %s", settings.preset, settings.device)
+            what = settings.preset or settings.weights or "the default preset"
+            logger.info("loading %s on %s", what, settings.device)
             predictor = await asyncio.to_thread(
                 Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
             )
@@ -95,7 +97,7 @@ async def _load(service: Service) -> None:
         # Logged once, with the file and the reason; the probes only say "failed: see the server log".
         # A ValueError is ours and names the file (no traceback needed); anything else gets its traceback.
         service.load_error = f"{type(exc).__name__}: {exc}"
-        logger.error("the model failed to load (preset %s, weights %s): %s", settings.preset,
+        logger.error("the model failed to load (preset %s, weights %s): %s", settings.preset or "unset",
                      settings.weights or "the preset's built-in weights", service.load_error,
                      exc_info=not isinstance(exc, ValueError))
         return

@@ -26,8 +26,10 @@ def _cores() -> int:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DETECTOR_", frozen=True)
 
-    # The model. Weights go through the engine's loaders (Predictor.from_preset).
-    preset: str = Field(DEFAULT_PRESET, description="model preset name (detector/modeling/presets.py)")
+    # The model. Weights go through the engine's loaders (Predictor.from_preset): a file that names its
+    # model (written by detector.train or detector.weights convert) needs no preset.
+    preset: str | None = Field(None, description="model preset name (detector/modeling/presets.py); default: "
+                               f"the one the weights file names, else {DEFAULT_PRESET}")
     weights: str | None = Field(None, description="weights file; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("weights", mode="before")
+    @field_validator("preset", "weights", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -2,6 +2,8 @@
 
     python -m detector.eval --model PRESET [--weights FILE] --images DIR --ann ANN.json \\
         [--device cpu] [--batch-size 2] [--out results.json]
+    python -m detector.eval --weights runs/NAME/model_final.safetensors --images DIR --ann ANN.json
+        (a file written by detector.train or detector.weights convert names its model: no --model)
     python -m detector.eval --results RESULTS.json --ann ANN.json
     either with [--iou-types bbox segm keypoints] [--metrics-out metrics.json] [--plots DIR]
 
@@ -39,9 +41,9 @@ logger = logging.getLogger("detector.eval")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detector.eval", description=__doc__.split("\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="PRESET", help="run this preset over --images")
-    source.add_argument("--results", type=Path, metavar="RESULTS.json", help="score this COCO results file")
+    parser.add_argument("--model", metavar="PRESET",
+                        help="run this preset over --images (default with --weights: the preset the file names)")
+    parser.add_argument("--results", type=Path, metavar="RESULTS.json", help="score this COCO results file")
     parser.add_argument("--ann", type=Path, required=True, metavar="ANN.json", help="COCO annotation file")
     parser.add_argument("--weights", type=Path, metavar="FILE", help="the model's weights (default: the preset's)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
@@ -61,12 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model and args.images is None:
-        parser.error("--model needs --images")
+    runs_model = bool(args.model or args.weights)
+    if args.results is not None and runs_model:
+        parser.error("--results scores a results file: give it without --model and --weights")
+    if args.results is None and not runs_model:
+        parser.error("one of --model, --weights (a file that names its model) or --results is required")
+    if runs_model and args.images is None:
+        parser.error(f"{'--model' if args.model else '--weights'} needs --images")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.model and args.keep_freed_memory:
+    if runs_model and args.keep_freed_memory:
         memory.keep_freed_memory_for(args.device)
     from detector.distributed import finish, init_distributed
 
@@ -83,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         finish(ctx)
 
 
-def load_predictor(preset: str, weights: Path | None, device: str, speed: str = DEFAULT_SPEED):
-    """The model's ``Predictor``; imported here so that ``--results`` runs without the model code."""
+def load_predictor(preset: str | None, weights: Path | None, device: str, speed: str = DEFAULT_SPEED):
+    """The model's ``Predictor`` (``preset`` None: the one ``weights`` names); imported here so that
+    ``--results`` runs without the model code."""
     from detector.predictor import Predictor
 
     return Predictor.from_preset(preset, weights, device, speed=speed)
@@ -148,7 +156,8 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dic
     from detector.distributed import gather, shard
     from detector.evaluation.inference import predict_coco_results
 
-    with _blame(f"model {args.model}"):
+    source = f"model {args.model}" if args.model else f"model of {args.weights}"
+    with _blame(source) if args.model else contextlib.nullcontext():  # else the errors name the file
         try:
             predictor = load_predictor(args.model, args.weights, args.device, args.speed)
         except (OSError, KeyError) as e:
@@ -156,12 +165,12 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dic
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)
     if not args.iou_types and "keypoints" in provided and not _supports(coco_gt, "keypoints"):
         provided.remove("keypoints")  # default: what the model gives and the annotations can score
-    iou_types = _choose_iou_types(args.iou_types, provided, f"model {args.model}", allow_missing=False)
+    iou_types = _choose_iou_types(args.iou_types, provided, source, allow_missing=False)
     _check_annotations_support(coco_gt, iou_types, args.ann)  # before the long part
     with _blame(args.ann):
         mapping = label_to_category_id(predictor.class_names, coco_gt.dataset["categories"])
         if not mapping:
-            raise ValueError(f"no category is named as a class of model {args.model} "
+            raise ValueError(f"no category is named as a class of {source} "
                              f"({', '.join(predictor.class_names[1:6])}, ...)")
     records = shard(coco_gt.loadImgs(sorted(coco_gt.getImgIds())), ctx)
     start = time.perf_counter()

@@ -1,6 +1,8 @@
 """python -m detector.predict: images in, JSON out.
 
     python -m detector.predict --model maskrcnn_r50_fpn --weights W.pth --out out.json a.jpg b.png
+    python -m detector.predict --weights runs/NAME/model_final.safetensors --out out.json a.jpg
+                                  # a file written by detector.train names its model: no --model
 
 Writes a JSON list, one object per image: {"file", "width", "height", "detections": [{"bbox": [x1, y1,
 x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y, score], ...]}]};
@@ -25,7 +27,8 @@ from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), help="model preset")
+    p.add_argument("--model", choices=sorted(PRESET_NAMES),
+                   help=f"model preset (default: the one --weights names in its metadata, else {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

@@ -18,13 +18,14 @@ import torch
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.mask_paste import mask_windows
 from detector.modeling.poolers import RoIAlignThreads
-from detector.modeling.presets import get_preset
+from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.builtin import builtin_weights
 from detector.weights.catalogue import verify_if_catalogued
+from detector.weights.model_metadata import model_config_for
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +84,31 @@ class Predictor:
 
     @classmethod
     def from_preset(
-        cls, preset: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *, speed: str = "fast",
+        cls, preset: str | None, weights: str | Path | None = None, device: str | torch.device = "cpu", *,
+        speed: str = "fast",
     ) -> Predictor:
-        """Build ``preset`` and load ``weights`` (a safetensors or torchvision file). Without weights, the
+        """Build the model of ``weights`` (a safetensors or torchvision file) and load them. A file that names
+        its model (``detector.weights.model_metadata``) gives the classes, keypoints and input sizes, and
+        its preset: ``preset`` may then be None, and must be the file's where given (ValueError naming
+        both). Other files take ``preset``'s config (the default preset for None). Without weights, the
         preset's built-in weights are used where the project ships them (``detector.weights.builtin``),
         else the model is random, with a warning; ValueError when this installation lacks the built-in
         files altogether."""
-        cfg = get_preset(preset)
         if weights is None:
-            weights = builtin_weights(preset)
+            weights = builtin_weights(preset or DEFAULT_PRESET)
+        name, cfg = model_config_for(preset, weights)
         if weights is None:
-            log.warning("preset %s has no built-in weights: the model is randomly initialised", preset)
+            log.warning("preset %s has no built-in weights: the model is randomly initialised", name)
             model = build_model(cfg)
         else:
             verify_if_catalogued(Path(weights))
             with torch.device("meta"):  # no memory and no random initialisation for what the file replaces
                 model = build_model(cfg)
-            load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
-        return cls(model, device=device, name=preset, weights_path=weights, speed=speed)
+            try:
+                load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
+            except ValueError as e:  # a file of other classes, say: the message names what it was loaded into
+                raise ValueError(f"{e} (the model: {name} with {len(cfg.class_names) - 1} classes)") from None
+        return cls(model, device=device, name=name, weights_path=weights, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them

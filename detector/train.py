@@ -47,9 +47,11 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m detector.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=DEFAULT_PRESET, choices=sorted(PRESET_NAMES), metavar="PRESET",
-                   help=f"the preset to train (default: {DEFAULT_PRESET})")
-    p.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning)")
+    p.add_argument("--model", choices=sorted(PRESET_NAMES), metavar="PRESET",
+                   help="the preset to train (default: the one --weights names in its metadata, "
+                   f"else {DEFAULT_PRESET})")
+    p.add_argument("--weights", type=Path, metavar="FILE",
+                   help="start from these weights (fine-tuning); a file written by detector.train brings its classes")
     data = p.add_argument_group("data (default: the synthetic set, generated into --synthetic-dir)")
     data.add_argument("--train-images", type=Path, metavar="DIR")
     data.add_argument("--train-ann", type=Path, metavar="ANN.json")
@@ -99,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from detector.modeling.presets import get_preset
     from detector.training import train
+    from detector.weights.model_metadata import model_config_for
 
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        result = train(get_preset(args.model), _config(args, rank), preset=args.model)
+        args.model, model_cfg = model_config_for(args.model, args.weights)  # the file's classes, where it names them
+        result = train(model_cfg, _config(args, rank), preset=args.model)
     except ValueError as e:
         print(f"error: {_message(e)}", file=sys.stderr)
         return 2

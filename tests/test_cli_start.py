@@ -19,6 +19,8 @@ ARGUMENT_ERRORS = [
     ("detector.predict", ["--score-threshold", "2", "--out", "o.json", "a.jpg"]),
     ("detector.eval", ["--model", "small_r18_fpn", "--ann", "a.json"]),  # --model needs --images
     ("detector.eval", ["--results", "r.json", "--ann", "a.json", "--iou-types", "boxes"]),
+    ("detector.eval", ["--ann", "a.json"]),  # neither --model, --weights nor --results
+    ("detector.eval", ["--results", "r.json", "--weights", "w.safetensors", "--ann", "a.json"]),
     ("detector.train", ["--lr-schedule", "linear"]),
     ("detector.train", ["--model", "no_such_preset"]),
     ("detector.predict", ["--out", "o.json", "no_such_image.jpg"]),  # checked before the model is loaded

@@ -141,6 +141,27 @@ async function detect() {
   show(body, performance.now() - started);
 }
 
+/** GET /v1/model into the "Model" section: the preset and the classes it detects (the trained file's,
+ * for a model trained on one's own data). Asked again while the model loads (503), and once a key is
+ * given (401). */
+async function loadModel() {
+  const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
+  let response;
+  try {
+    response = await fetch("/v1/model", { headers });
+  } catch {
+    return; // the service is unreachable: POST /detect will say so
+  }
+  if (response.status === 503) {
+    setTimeout(loadModel, 2000);
+    return;
+  }
+  if (!response.ok) return;
+  const info = await response.json();
+  $("model-name").textContent = `${info.preset}${info.weights ? ` (${info.weights})` : ""} on ${info.device}`;
+  $("classes").textContent = info.classes.slice(1).join(", ");
+}
+
 function askForKey(refused) {
   setStatus("key-needed", refused ? "That key was refused; try another." : "This service needs an API key.");
   $("key-form").hidden = false;
@@ -292,6 +313,7 @@ function wire() {
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     state.key = $("key").value.trim() || null;
+    loadModel();
     if (state.file) detect();
   });
   // Drops anywhere: the browser would otherwise leave the page to open the file.
@@ -309,6 +331,7 @@ function wire() {
     choose(event.dataTransfer.files[0]);
   });
   onThreshold();
+  loadModel();
 }
 
 // For the browser tests, and for anyone poking at the page from the console.

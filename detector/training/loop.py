@@ -2,7 +2,8 @@
 run stopped at any checkpoint and resumed gives the losses of the uninterrupted run (on the CPU, exactly).
 
 OUT holds last.pth (the checkpoint), metrics.jsonl, tensorboard/ when installed, model_final.safetensors
-(the weights, with the preset and class names as metadata) and eval.json (COCO AP on the validation set).
+(the weights, with what rebuilds their model as metadata: ``detector.weights.model_metadata``) and
+eval.json (COCO AP on the validation set).
 Each file is written atomically (``detector.atomic``): a run killed at any moment, or stopped by a full
 disk (OSError naming the file), leaves every file whole, its previous version at worst; metrics.jsonl
 is appended to line by line (``training/metrics.py`` says why). TensorBoard's event files are
@@ -34,6 +35,7 @@ from detector.training.metrics import METRICS_NAME, MetricsLog
 from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
 from detector.training.validation import evaluate, load_validation_set
 from detector.weights.loading import load_state_dict_strict, save_weights
+from detector.weights.model_metadata import MODEL_KEY, model_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -231,15 +233,20 @@ class Trainer:
         if self.dist.is_main:
             logger.info("resuming from %s at iteration %d (epoch %d)", path, self.iteration, self.epoch)
 
+    def trained_cfg(self) -> ModelConfig:
+        """The model's config as trained: the data set's classes, and inference at the largest shorter side
+        it was trained at (Detectron2's multi-scale recipe tests at the largest) and its longer-side limit."""
+        size = replace(self.model_cfg.input, min_size=max(self.train_set.min_sizes), max_size=self.train_set.max_size)
+        return replace(self.model_cfg, input=size)
+
     def _finish(self) -> TrainResult:
         out, checkpoint = self.cfg.out_dir, self.cfg.out_dir / CHECKPOINT_NAME
         if self.iteration < self.total_iters:
             return TrainResult(self.iteration, self.total_iters, checkpoint, None, None)
         final, results = out / FINAL_WEIGHTS_NAME, None
         if self.dist.is_main:
-            metadata = {"preset": self.preset, "class_names": list(self.model_cfg.class_names),
-                        "iterations": self.iteration, "min_sizes": list(self.train_set.min_sizes),
-                        "max_size": self.train_set.max_size}
+            metadata = {MODEL_KEY: model_metadata(self.preset, self.trained_cfg()), "iterations": self.iteration,
+                        "min_sizes": list(self.train_set.min_sizes)}
             save_weights(self.model, final, metadata=metadata)
             if self.val_gt is not None:
                 results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset)

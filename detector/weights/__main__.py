@@ -3,7 +3,7 @@
 list: the catalogue of published checkpoints; download: fetch one into the cache, verify its SHA-256 and
 record all of it beside the file; verify: check a file against the catalogue, found by the file's
 SHA-256 or name (or --name); convert: a torchvision .pth into our safetensors (loads
-never unpickle anything after that).
+never unpickle anything after that), which names its model: predict, eval and the service need no preset.
 """
 
 from __future__ import annotations
@@ -69,13 +69,17 @@ def _entries_for(catalogue, path: Path, name: str | None) -> list:
 
 
 def _convert(src: Path, dst: Path, preset: str) -> None:
-    from detector.modeling.presets import get_preset
+    """``src`` into safetensors with what rebuilds its model (``detector.weights.model_metadata``): the
+    preset's classes for a file that does not name its own, the file's own for one that does."""
     from detector.modeling.rcnn import build_model
     from detector.weights.loading import frozen_bn_eps_of, load_weights, save_weights
+    from detector.weights.model_metadata import MODEL_KEY, model_config_for, model_metadata
 
-    model = build_model(get_preset(preset))
+    preset, cfg = model_config_for(preset, src)
+    model = build_model(cfg)
     load_weights(model, src)
-    save_weights(model, dst, metadata={"preset": preset, "source": src.name, "frozen_bn_eps": frozen_bn_eps_of(model)})
+    save_weights(model, dst, metadata={MODEL_KEY: model_metadata(preset, cfg), "source": src.name,
+                                       "frozen_bn_eps": frozen_bn_eps_of(model)})
 
 
 if __name__ == "__main__":

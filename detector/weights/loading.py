@@ -60,13 +60,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata that ``save_weights`` stored in a safetensors file ({} for other files)."""
-    if Path(path).suffix != ".safetensors":
+    path = Path(path)
+    if path.suffix != ".safetensors":
         return {}
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    except (SafetensorError, OSError) as e:  # worded as read_state_dict words it
+        reason = f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+        raise ValueError(f"{path}: not a readable weights file ({reason})") from e
     out = {}
     for key, value in raw.items():
         try:

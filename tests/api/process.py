@@ -90,14 +90,18 @@ class Server:
 
 @contextmanager
 def running(
-    log_dir: Path, *flags: str, preset: str = PRESET, api_keys: str = "", module: str = "api", threads: int = 1
+    log_dir: Path, *flags: str, preset: str | None = PRESET, api_keys: str = "", module: str = "api",
+    threads: int = 1, env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Start ``python -m MODULE --preset PRESET --port <free> *flags`` (``threads`` threads; its output in a
-    file of ``log_dir``); kill it at the end if still alive. ``module``: ``api``, or a test's wrapper of it."""
+    """Start ``python -m MODULE --preset PRESET --port <free> *flags`` (no --preset for None; ``threads``
+    threads; ``env`` added to the environment; its output in a file of ``log_dir``); kill it at the end if
+    still alive. ``module``: ``api``, or a test's wrapper of it."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DETECTOR_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", module, "--preset", preset, "--port", str(port), "--log-level", "info", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DETECTOR_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1",
+           **(env or {})}
+    command = [sys.executable, "-m", module, *(["--preset", preset] if preset else []), "--port", str(port),
+               "--log-level", "info", *flags]
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -70,3 +71,36 @@ def test_any_configured_key_is_accepted(keyed_client):
         assert keyed_client.get("/v1/model", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     response = keyed_client.post("/detect", headers={"Authorization": "Bearer key-two"}, files=as_file(jpeg()))
     assert response.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def own_classes_file(predictor, tmp_path_factory):
+    """The small model's weights saved as trained on 4 classes of other names (the same shapes)."""
+    from dataclasses import replace
+
+    from detector.weights.model_metadata import MODEL_KEY, model_metadata
+
+    cfg = replace(predictor.model.cfg, class_names=("__background__", "ring", "tile", "wedge", "walker"),
+                  keypoint_classes=("walker",))
+    path = tmp_path_factory.mktemp("own") / "model_final.safetensors"
+    save_weights(predictor.model, path, metadata={MODEL_KEY: model_metadata(PRESET, cfg)})
+    return path
+
+
+def test_a_file_that_names_its_model_is_served_without_a_preset(own_classes_file):
+    with TestClient(create_app(settings(weights=str(own_classes_file)))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+    assert info["preset"] == PRESET and info["classes"] == ["__background__", "ring", "tile", "wedge", "walker"]
+    assert info["keypoint_classes"] == ["walker"] and info["weights"] == own_classes_file.name
+
+
+def test_a_preset_that_disagrees_with_the_file_fails_the_load_naming_both(own_classes_file):
+    with TestClient(create_app(settings(preset="maskrcnn_r50_fpn", weights=str(own_classes_file)))) as client:
+        service = client.app.state.service
+        deadline = time.monotonic() + 60
+        while service.load_error is None:
+            assert time.monotonic() < deadline and not service.ready
+            time.sleep(0.02)
+        assert client.get("/readyz").status_code == 503
+    assert f"holds a {PRESET} model" in service.load_error and "not the maskrcnn_r50_fpn" in service.load_error

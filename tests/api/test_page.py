@@ -23,6 +23,7 @@ from selenium.webdriver import Chrome
 from api.main import create_app
 from api.render import _PALETTE
 from detector.data.coco_keypoints import COCO_SKELETON
+from detector.modeling.presets import SYNTHETIC_CLASSES
 from tests.api.browser.chrome import NO_BROWSER, find_browser, start_chrome
 from tests.api.browser.page import SLIDER_POSITIONS, DetectorPage
 from tests.api.browser.server import detect_requests, serve
@@ -156,6 +157,15 @@ def _runs(mask: np.ndarray) -> list[int]:
     edges = np.flatnonzero(np.diff(flat)) + 1
     runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
     return [0, *runs] if flat[0] == 1 else runs
+
+
+def test_the_page_shows_the_served_classes(page, image_path):
+    """From GET /v1/model, once the key is given: the served model's classes (a trained file's own)."""
+    page.detect_with_key(image_path, KEY)
+    classes = page.driver.find_element("id", "classes")
+    page.wait(lambda _: classes.text != "–")
+    assert classes.text == ", ".join(SYNTHETIC_CLASSES[1:])
+    assert page.driver.find_element("id", "model-name").text.startswith("small_r18_fpn")
 
 
 def test_a_401_asks_for_a_key_then_retries(page, image_path):

@@ -84,3 +84,13 @@ def test_keeps_freed_memory_unless_told_not_to(tmp_path, image_file, flag, kept)
     state = state_after(f"from detector.predict import main\nassert main({argv!r}) == 0")
     assert state["memory_applied"] is (True if kept else None)
     assert state["big_block_mmapped"] is not kept
+
+
+def test_a_preset_that_disagrees_with_the_weights_is_named_beside_theirs(tmp_path, image_file, capsys):
+    weights = builtin_file("small_r18_fpn.safetensors")  # names its model: small_r18_fpn
+    if not weights.is_file():
+        pytest.skip(f"{weights}: the built-in weights are not in this checkout")
+    assert main(["--model", "maskrcnn_r50_fpn", "--weights", str(weights), "--out", str(tmp_path / "o.json"),
+                 str(image_file)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a small_r18_fpn model" in err and "not the maskrcnn_r50_fpn" in err and str(weights) in err

@@ -74,6 +74,10 @@ def test_convert_to_safetensors_keeps_detections_and_eps(tmp_path):
     torch.save(tv.state_dict(), src)
     dst = tmp_path / "tv.safetensors"
     assert main(["convert", str(src), str(dst), "--preset", "fasterrcnn_r50_fpn"]) == 0
+    from detector.weights.model_metadata import model_config_for
+
+    # the converted file names its model: no preset needed to rebuild it
+    assert model_config_for(None, dst) == ("fasterrcnn_r50_fpn", get_preset("fasterrcnn_r50_fpn"))
     cfg = replace(get_preset("fasterrcnn_r50_fpn"), input=InputConfig(min_size=256, max_size=320))
     a, b = RCNN(cfg).eval(), RCNN(cfg).eval()
     load_weights(a, src)

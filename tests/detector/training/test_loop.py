@@ -47,8 +47,9 @@ def test_a_short_run_writes_metrics_a_checkpoint_and_weights_that_load(tiny_synt
         assert torch.equal(tensor, state["model"][name]), name
     with safe_open(str(result.final_weights), "pt") as f:
         metadata = {k: json.loads(v) for k, v in f.metadata().items()}
-    assert metadata["preset"] == "small_r18_fpn"
-    assert metadata["class_names"] == ["__background__", "circle", "square", "triangle", "person"]
+    assert metadata["model"]["preset"] == "small_r18_fpn"
+    assert metadata["model"]["class_names"] == ["__background__", "circle", "square", "triangle", "person"]
+    assert (metadata["model"]["min_size"], metadata["model"]["max_size"]) == (128, 213)  # as trained
 
     evaluation = json.loads((cfg.out_dir / "eval.json").read_text())
     assert set(evaluation) == {"bbox", "segm", "keypoints"} and "AP" in evaluation["bbox"]
