@@ -29,8 +29,8 @@ from detector.modeling.transform import (
     batch_images,
     normalize,
     padded_size,
+    preprocess,
     rescale_detections,
-    resize,
     to_float,
 )
 from detector.structures import Detections, Targets
@@ -121,7 +121,7 @@ class RCNN(nn.Module):
         pads them all to one batch, as torchvision's models do."""
         cfg = self.cfg.input
         original_sizes = [tuple(i.shape[-2:]) for i in images]
-        images = [resize(normalize(to_float(i), cfg), cfg.min_size, cfg.max_size) for i in images]
+        images = [preprocess(i, cfg) for i in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             key = (0, 0) if pad_together else padded_size(image.shape[-2:], cfg.size_divisible)

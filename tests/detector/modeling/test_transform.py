@@ -23,6 +23,7 @@ from detector.modeling.transform import (
     InputConfig,
     batch_images,
     normalize,
+    preprocess,
     rescale_detections,
     resize,
     resized_size,
@@ -107,3 +108,15 @@ def test_padded_batch_is_torchvisions():
     images = [torch.rand(3, 800, 1199, generator=g), torch.rand(3, 1199, 800, generator=g)]
     reference = GeneralizedRCNNTransform(800, 1333, [0.0] * 3, [1.0] * 3)
     assert torch.equal(batch_images(images, 32), reference.batch_images(images, size_divisible=32))
+
+
+def test_preprocess_normalises_a_uint8_images_copy_in_place_and_leaves_a_float_image_alone():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 427, 640), dtype=torch.uint8, generator=g)
+    cfg = InputConfig()
+    expected = resize(normalize(image.float() / 255, cfg), cfg.min_size, cfg.max_size)
+    assert torch.equal(preprocess(image, cfg), expected)
+    as_float = image.float() / 255
+    before = as_float.clone()
+    assert torch.equal(preprocess(as_float, cfg), expected)
+    assert torch.equal(as_float, before)  # the caller's tensor is not overwritten
