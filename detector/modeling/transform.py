@@ -55,8 +55,8 @@ def normalize(image: Tensor, cfg: InputConfig, *, inplace: bool = False) -> Tens
 def preprocess(image: Tensor, cfg: InputConfig) -> Tensor:
     """An input image (3, H, W), uint8 or float in [0, 1] -> normalised and resized (3, H', W'), in
     torchvision's order and arithmetic (float, normalise, resize). A uint8 image's float copy is normalised
-    in place: one full-size float tensor per image rather than three (0.5 GB instead of 1.4 GB for 40 MP),
-    the same numbers; a float image given by the caller is left as it is."""
+    in place, one full-size float tensor per image rather than three, with the same numbers; a float image
+    given by the caller is left as it is."""
     x = to_float(image)
     return resize(normalize(x, cfg, inplace=x is not image), cfg.min_size, cfg.max_size)
 
