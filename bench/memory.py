@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -39,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_info  # noqa: E402
-from bench.server import free_port  # noqa: E402
+from bench.server import api_process, free_port  # noqa: E402
 
 GIB = 1024**3
 ASPECT = 3 / 2  # width / height of the test images, a camera's
@@ -161,30 +160,9 @@ def server(code: Path, log: Path, ready_timeout_s: float = 180.0) -> Iterator[tu
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("DETECTOR_")}  # the defaults, nothing else
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port)], cwd=code, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not become ready:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield proc, base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with api_process([sys.executable, "-m", "api", "--port", str(port)], port, cwd=code, env=env,
+                     ready_timeout_s=ready_timeout_s, log=log) as proc:
+        yield proc, f"http://127.0.0.1:{port}"
 
 
 def send(base: str, kind: Kind, body: bytes, timeout_s: float, max_detections: int = 100) -> int:

@@ -140,25 +140,41 @@ def spawned(server_args: str, threads: int | None, ready_timeout_s: float) -> It
     """A ``python -m api SERVER_ARGS`` of our own: yields its URL once /readyz says ready, and stops it
     (SIGTERM, then waits for its drain) on leaving. Its log goes to our stderr."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     if threads is not None:  # torch reads these at start-up: the server's intra-op threads
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    proc = subprocess.Popen(server_command(server_args, port), cwd=ROOT, env=env)
+    with api_process(server_command(server_args, port), port, cwd=ROOT, env=env,
+                     ready_timeout_s=ready_timeout_s):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def api_process(command: list[str], port: int, *, cwd: Path, env: dict[str, str], ready_timeout_s: float,
+                log: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``command`` (a ``python -m api`` on 127.0.0.1:``port``; its output to ``log``, default ours),
+    yield the process once /readyz says ready, and stop it on leaving: SIGTERM, its drain (at most 90 s),
+    then kill. A RuntimeError (with the log's tail) when it exits or is not ready in time."""
+    if log is None:
+        proc = subprocess.Popen(command, cwd=cwd, env=env)
+    else:
+        with log.open("w") as out:
+            proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url, what = f"http://127.0.0.1:{port}", " ".join(command[1:])
+    tail = (lambda: ":\n" + log.read_text()[-3000:]) if log is not None else (lambda: "")
     try:
         deadline = time.monotonic() + ready_timeout_s
         while not _ready(url):
             if proc.poll() is not None:
-                raise RuntimeError(f"python -m api {server_args} exited with {proc.returncode} before it was ready")
+                raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready{tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"python -m api {server_args} was not ready after {ready_timeout_s:g} s")
+                raise RuntimeError(f"{what} was not ready after {ready_timeout_s:g} s{tail()}")
             time.sleep(0.1)
-        yield url
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(60)
+                proc.wait(90)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
