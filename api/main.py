@@ -90,7 +90,9 @@ async def _load(service: Service) -> None:
             predictor = await asyncio.to_thread(
                 Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
             )
-        if predictor.weights_path is not None:
+        if predictor.weights_sha256 is not None:  # hashed once, by Predictor.from_preset
+            service.weights_sha256 = predictor.weights_sha256
+        elif predictor.weights_path is not None:
             service.weights_sha256 = await asyncio.to_thread(sha256_of, Path(predictor.weights_path))
         await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])
     except Exception as exc:

@@ -24,7 +24,7 @@ from detector.modeling.speeds import SPEEDS
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.builtin import builtin_weights
-from detector.weights.catalogue import verify_if_catalogued
+from detector.weights.catalogue import sha256_of, verify_if_catalogued
 from detector.weights.model_metadata import model_config_for
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         name: str = "custom",
         weights_path: Path | None = None,
+        weights_sha256: str | None = None,
         speed: str = "fast",
     ) -> None:
         """Changes nothing outside itself: process-wide settings (``detector.memory.keep_freed_memory``,
@@ -68,6 +69,7 @@ class Predictor:
         weakref.finalize(self, self._roi_threads.close)
         self.name = name
         self.weights_path = Path(weights_path) if weights_path else None
+        self.weights_sha256 = weights_sha256  # of the file at weights_path, where the builder hashed it
         self.class_names = list(model.cfg.class_names)
         self.has_masks = model.cfg.mask is not None
         self.has_keypoints = model.cfg.keypoint is not None
@@ -97,18 +99,20 @@ class Predictor:
         if weights is None:
             weights = builtin_weights(preset or DEFAULT_PRESET)
         name, cfg = model_config_for(preset, weights)
+        digest = None
         if weights is None:
             log.warning("preset %s has no built-in weights: the model is randomly initialised", name)
             model = build_model(cfg)
         else:
-            verify_if_catalogued(Path(weights))
+            digest = sha256_of(weights) if Path(weights).is_file() else None  # once: checked, then reported
+            verify_if_catalogued(Path(weights), digest)
             with torch.device("meta"):  # no memory and no random initialisation for what the file replaces
                 model = build_model(cfg)
             try:
                 load_weights(model, weights, assign=True)  # the file's tensors, memory-mapped, not copied
             except ValueError as e:  # a file of other classes, say: the message names what it was loaded into
                 raise ValueError(f"{e} (the model: {name} with {len(cfg.class_names) - 1} classes)") from None
-        return cls(model, device=device, name=name, weights_path=weights, speed=speed)
+        return cls(model, device=device, name=name, weights_path=weights, weights_sha256=digest, speed=speed)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them

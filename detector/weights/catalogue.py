@@ -167,13 +167,14 @@ def _record_once(directory: Path, entry: Entry, digest: str) -> None:
         log.info("%s: recorded the full SHA-256 of %s (%s)", path, entry.name, digest)
 
 
-def verify_if_catalogued(path: Path) -> Entry | None:
+def verify_if_catalogued(path: Path, digest: str | None = None) -> Entry | None:
     """Refuse, before anything parses it, a file that claims a catalogue entry (by its name, or by its
     SHA-256 starting as the entry's) and does not match it; the entry it matches, or None for a file the
-    catalogue does not know (or a path that is not a file: the loader says so)."""
+    catalogue does not know (or a path that is not a file: the loader says so). ``digest``: the file's
+    SHA-256 where the caller has it already."""
     if not Path(path).is_file():
         return None
-    digest = sha256_of(path)
+    digest = digest or sha256_of(path)
     claimed = claimed_entries(path, digest, load_catalogue())
     for entry in claimed:
         verify(path, entry, digest)

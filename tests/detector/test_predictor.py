@@ -60,3 +60,15 @@ def test_polygons_from_in_box_masks_equal_those_of_full_masks():
     polygons = mask_polygons(det)
     assert polygons == _full_mask_polygons(det)
     assert all(polygons[k] for k in range(4)) and polygons[4] == []  # a real comparison, not of empty lists
+
+
+def test_from_preset_reports_the_sha256_it_checked_the_file_by(tmp_path):
+    """The service reports this digest (GET /v1/model) rather than hashing the file a second time."""
+    from detector.weights import save_weights
+    from detector.weights.catalogue import sha256_of
+
+    path = tmp_path / "small.safetensors"
+    save_weights(build_model(small_r18_fpn()), path)
+    predictor = Predictor.from_preset("small_r18_fpn", path, speed="exact")
+    assert predictor.weights_sha256 == sha256_of(path) and len(predictor.weights_sha256) == 64
+    assert Predictor(build_model(small_r18_fpn()), speed="exact").weights_sha256 is None
