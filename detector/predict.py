@@ -1,77 +1,209 @@
-"""python -m detector.predict: images in, JSON out.
+"""python -m detector.predict: images in, one JSON line per image out, for 1 or 10 million images.
 
-    python -m detector.predict --model maskrcnn_r50_fpn --weights W.pth --out out.json a.jpg b.png
-    python -m detector.predict --weights runs/NAME/model_final.safetensors --out out.json a.jpg
-                                  # a file written by detector.train names its model: no --model
+    python -m detector.predict --model maskrcnn_r50_fpn --weights W.pth --out out.jsonl photos/ 'scans/**/*.png'
+    python -m detector.predict --weights runs/NAME/model_final.safetensors --out out.json a.jpg b.png
+    python -m detector.predict --file-list todo.txt --format coco --ann instances_val2017.json --out res.json
+    torchrun --nproc_per_node 4 -m detector.predict --device cuda --out out.jsonl photos/
+    python -m detector.predict merge --out out.jsonl      # merge the part files of a torchrun job
 
-Writes a JSON list, one object per image: {"file", "width", "height", "detections": [{"bbox": [x1, y1,
-x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y, score], ...]}]};
-"keypoints" only on detections of the model's keypoint classes (persons).
+Inputs: files, folders (searched recursively for image files), glob patterns and --file-list files
+(detector/prediction/inputs.py). A path that does not exist stops the command before the model loads.
+
+Output: --out X.jsonl gets one line per image as it is done: {"file", "width", "height", "detections":
+[{"bbox": [x1, y1, x2, y2], "score", "label", "category", "mask": {"size", "counts"}, "keypoints": [[x, y,
+score], ...]}]} ("keypoints" only on detections of the model's keypoint classes, persons). --out X.json gets
+a JSON list of those objects, written at the end. --format coco --ann ANN.json: COCO results with the
+annotation file's image ids (by file name) and category ids, a file for detector.eval --results.
+
+A file that cannot be read gets {"file", "error"} and the run goes on; the exit status is then 1 and
+the last line says how many failed. --fail-fast stops at the first one (exit status 2).
+Rerunning the same command resumes: images with a result are skipped, failed ones retried, a line torn by
+a kill dropped and redone (detector/prediction/jsonl.py). Under torchrun each process predicts every
+N-th image into X.rank{r}.jsonl and rank 0 merges them into --out (detector/prediction/shards.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
-# Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
+# Only what parsing the arguments and expanding the inputs need: both answer before torch is imported.
 from detector import memory
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
+from detector.prediction import shards
+from detector.prediction.inputs import expand_inputs
+
+FORMATS = ("detector", "coco")
+# How long rank 0 waits for the slowest rank before it merges: longer than any rank's share of a job.
+MERGE_WAIT = timedelta(days=7)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0])
-    p.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
+    p = argparse.ArgumentParser(prog="python -m detector.predict", description=__doc__.split("\n")[0],
+                                epilog="python -m detector.predict merge --out OUT: merge a torchrun job's parts")
+    p.add_argument("images", nargs="*", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--file-list", action="append", default=[], type=Path, metavar="LIST.txt",
+                   help="a file of image paths, one per line (may be given more than once)")
+    p.add_argument("--out", type=Path, required=True, help="X.jsonl (a line per image, as it goes) or X.json")
+    p.add_argument("--format", default="detector", choices=FORMATS,
+                   help="detector: predict's own schema; coco: COCO results of --ann's image and category ids")
+    p.add_argument("--ann", type=Path, metavar="ANN.json", help="the COCO annotation file of --format coco")
     p.add_argument("--model", choices=sorted(PRESET_NAMES),
                    help=f"model preset (default: the one --weights names in its metadata, else {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass, of similar sizes")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first file that cannot be read")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help=memory.FLAG_HELP)
     p.add_argument("--masks", default=DEFAULT_MASK_FORMAT, choices=MASK_FORMATS)
-    p.add_argument("--out", type=Path, required=True, help="output JSON file")
     args = p.parse_args(argv)
+    if not args.images and not args.file_list:
+        p.error("name images, folders or patterns, or give a --file-list")
     if not 0.0 <= args.score_threshold <= 1.0:
         p.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size < 1 or args.workers < 1:
+        p.error(f"--batch-size and --workers must be at least 1, got {args.batch_size} and {args.workers}")
+    if (args.format == "coco") != (args.ann is not None):
+        p.error("--format coco needs --ann ANN.json, and --ann is only for --format coco")
+    if args.format == "coco" and args.masks == "polygon":
+        p.error("--format coco writes masks as RLE: --masks rle or none")
+    try:
+        shards.check_output(args.out)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from detector.data.images import read_image
-
     try:
-        images = [read_image(path) for path in args.images]  # every file is checked before torch is imported
-        if args.keep_freed_memory:
-            memory.keep_freed_memory_for(args.device)
-        from detector.predictor import Predictor
-
-        predictor = Predictor.from_preset(args.model, args.weights, args.device, speed=args.speed)
+        files = expand_inputs(args.images, args.file_list)  # every argument is checked before torch is imported
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = []
-    for start in range(0, len(images), args.batch_size):
-        batch = images[start : start + args.batch_size]
-        for path, det in zip(args.images[start:], predictor.predict(batch)):
-            det = det[det.scores >= args.score_threshold]
-            results.append({"file": str(path), **predictor.to_json(det, masks=args.masks)})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results))
-    count = sum(len(r["detections"]) for r in results)
-    print(f"{len(results)} images, {count} detections -> {args.out}")
-    return 0
+    from detector.distributed import finish, init_distributed
+
+    info, device = init_distributed(args.device, backend="gloo")  # gloo: the ranks only wait for each other
+    try:
+        return _run(args, files, info, device)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        finish(info)
+
+
+def load_predictor(args: argparse.Namespace, device):
+    """The model that predicts: the one place that chooses how."""
+    from detector.predictor import Predictor
+
+    return Predictor.from_preset(args.model, args.weights, device, speed=args.speed)
+
+
+def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
+    from detector.distributed import gather_to_all, shard
+    from detector.prediction.jsonl import open_for_resume
+    from detector.prediction.run import Summary, detector_entries, predict_files
+
+    coco_ids = _coco_image_ids(args.ann, files) if args.format == "coco" else None
+    record = shards.record_path(args.out, info.rank, info.world_size)
+    writer, _ = open_for_resume(record)
+    with writer:
+        done = shards.done_files(args.out)
+        mine = shard(files, info)
+        todo = [f for f in mine if str(f) not in done]
+        summary = Summary()
+        if todo:
+            if args.keep_freed_memory:
+                memory.keep_freed_memory_for(args.device)
+            predictor = load_predictor(args, device)
+            make_entry = (_coco_entries(predictor, coco_ids, args) if coco_ids is not None
+                          else detector_entries(predictor, args.masks))
+            summary = predict_files(predictor, todo, writer, make_entry, score_threshold=args.score_threshold,
+                                    batch_size=args.batch_size, workers=args.workers, fail_fast=args.fail_fast,
+                                    progress=args.progress if info.is_main else False,
+                                    desc=f"rank {info.rank}" if info.world_size > 1 else None)
+        summary.skipped = len(mine) - len(todo)
+    if info.world_size > 1:
+        _wait_for_every_rank()
+    summaries = gather_to_all(summary, info)
+    merged = None
+    if info.is_main and (record != args.out or shards.part_paths(args.out)):
+        merged = shards.merge(args.out)
+    failed = merged.failed if merged else sum(s.failed for s in summaries)
+    if info.is_main:
+        print(_summary_line(summaries, failed, args.out))
+        if failed:
+            where = args.out if args.out.suffix == ".jsonl" or args.format == "detector" else record.parent / (
+                f"{args.out.stem}.rank*.jsonl")
+            print(f"error: {failed} of {len(files)} files failed: their \"error\" lines in {where} say why",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
+def merge_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m detector.predict merge",
+                                description="merge the part files OUT-STEM.rank*.jsonl of a job into --out")
+    p.add_argument("--out", type=Path, required=True, help="the --out of the job")
+    args = p.parse_args(argv)
+    try:
+        shards.check_output(args.out)
+        merged = shards.merge(args.out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{merged.images} images, {merged.failed} failed -> {args.out}")
+    return 1 if merged.failed else 0
+
+
+def _coco_image_ids(ann: Path, files: list[Path]) -> dict[str, int]:
+    from detector.data.coco_file import load_coco_file
+    from detector.prediction.coco import check_all_named, image_ids_by_name
+
+    ids = image_ids_by_name(load_coco_file(ann).dataset["images"], ann)
+    check_all_named(files, ids, ann)
+    return ids
+
+
+def _coco_entries(predictor, image_ids: dict[str, int], args: argparse.Namespace):
+    from detector.data.coco_file import load_coco_file
+    from detector.evaluation.category_map import label_to_category_id
+    from detector.prediction.coco import CocoEntries
+
+    mapping = label_to_category_id(predictor.class_names, load_coco_file(args.ann).dataset["categories"])
+    if not mapping:
+        raise ValueError(f"{args.ann}: no category is named as a class of the model "
+                         f"({', '.join(predictor.class_names[1:6])}, ...)")
+    return CocoEntries(image_ids, mapping, with_masks=args.masks != "none")
+
+
+def _wait_for_every_rank() -> None:
+    """Until every rank is done with its share (ranks of one job may end hours apart: no default timeout)."""
+    import torch.distributed as dist
+
+    dist.monitored_barrier(timeout=MERGE_WAIT, wait_all_ranks=True)
+
+
+def _summary_line(summaries, failed: int, out: Path) -> str:
+    total = lambda key: sum(getattr(s, key) for s in summaries)  # noqa: E731
+    return (f"{total('images')} images predicted, {total('skipped')} done before, {failed} failed, "
+            f"{total('detections')} detections -> {out}")
 
 
 if __name__ == "__main__":
