@@ -1,13 +1,29 @@
+"""python -m detector.predict (detector/predict.py): batch jobs end to end. The slow ones start the CLI in
+subprocesses (a kill -9 and a resume; torchrun with two gloo processes): ``pytest -m slow`` on this file."""
+
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from detector.data.coco_file import load_coco_file
+from detector.evaluation.coco_results import load_results
 from detector.predict import main
 from detector.weights.builtin import builtin_file
-from tests.process_state import glibc_only, state_after
+from tests.process_state import ROOT, glibc_only, state_after
+from tests.tiny_coco import tiny_coco_root
+
+FAST = ["--model", "small_r18_fpn", "--score-threshold", "0", "--masks", "none"]
 
 
 @pytest.fixture
@@ -42,17 +58,6 @@ def test_keypoints_only_for_persons(tmp_path):
     (result,) = json.loads(out.read_text())
     found = {(d["category"], "keypoints" in d) for d in result["detections"]}
     assert found == {("circle", False), ("triangle", False), ("person", True)}
-
-
-def test_unreadable_images_are_named(tmp_path, image_file, capsys):
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not an image at all")
-    out = tmp_path / "out.json"
-    assert main(["--out", str(out), str(image_file), str(broken)]) == 2
-    assert "broken.jpg" in capsys.readouterr().err
-    assert main(["--out", str(out), str(tmp_path / "missing.png")]) == 2
-    assert "missing.png" in capsys.readouterr().err
-    assert not out.exists()
 
 
 def test_speed_modes_give_the_same_detections(tmp_path, image_file):
@@ -94,3 +99,102 @@ def test_a_preset_that_disagrees_with_the_weights_is_named_beside_theirs(tmp_pat
                  str(image_file)]) == 2
     err = capsys.readouterr().err
     assert "holds a small_r18_fpn model" in err and "not the maskrcnn_r50_fpn" in err and str(weights) in err
+
+
+def _images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` small generated images of a few sizes and aspect ratios under ``folder``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        h, w = [(60, 80), (80, 60), (64, 64)][i % 3]
+        paths.append(folder / f"{i:03d}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _lines(path: Path) -> dict[str, dict]:
+    """{file: its line} of a JSON Lines output; a file twice is an error."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_file = {line["file"]: line for line in lines}
+    assert len(by_file) == len(lines), "a file has two lines"
+    return by_file
+
+
+def _assert_same_results(got: dict[str, dict], expected: dict[str, dict]) -> None:
+    """The same files with the same detections, up to float rounding between processes and batches."""
+    assert sorted(got) == sorted(expected)
+    for name, line in expected.items():
+        assert (got[name]["width"], got[name]["height"]) == (line["width"], line["height"])
+        assert len(got[name]["detections"]) == len(line["detections"]), name
+        for e in line["detections"]:  # near-equal scores may swap places: match each by category and box
+            assert any(e["category"] == g["category"] and abs(e["score"] - g["score"]) < 2e-3
+                       and np.allclose(e["bbox"], g["bbox"], atol=0.1) for g in got[name]["detections"]), name
+
+
+def test_a_bad_file_gets_an_error_line_and_the_run_goes_on(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    good = _images(photos / "trip", 2)
+    (photos / "broken.jpg").write_bytes(b"not an image at all")
+    (photos / "notes.txt").write_text("not an image file: not looked at")
+    out = tmp_path / "out.jsonl"
+    assert main([*FAST, "--progress", "--out", str(out), str(photos)]) == 1
+    lines = _lines(out)
+    assert sorted(lines) == sorted(map(str, [photos / "broken.jpg", *good]))
+    assert "broken.jpg: not a readable image" in lines[str(photos / "broken.jpg")]["error"]
+    assert all(len(lines[str(p)]["detections"]) > 0 for p in good)
+    captured = capsys.readouterr()
+    assert "2 images predicted, 0 done before, 1 failed" in captured.out
+    assert "error: 1 of 3 files failed" in captured.err
+    assert "3/3 [" in captured.err and "img" in captured.err  # the progress bar: count, time left, rate
+
+
+def test_fail_fast_stops_at_the_first_bad_file(tmp_path, capsys):
+    image, = _images(tmp_path, 1)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    out = tmp_path / "out.jsonl"
+    assert main([*FAST, "--fail-fast", "--out", str(out), str(broken), str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "broken.jpg: not a readable image" in err[-1]
+    assert "error" not in out.read_text()
+
+
+def test_inputs_that_name_no_image_stop_before_the_model(tmp_path, capsys):
+    image, = _images(tmp_path / "photos", 1)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out.jsonl"
+    for argument, message in [(tmp_path / "missing", "missing: no such file or folder"),
+                              (tmp_path / "empty", "empty: no images in this folder"),
+                              (tmp_path / "photos" / "*.jpg", "*.jpg: no file matches this pattern")]:
+        assert main(["--out", str(out), str(image), str(argument)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_json_output_is_one_document_of_every_image(tmp_path):
+    images = _images(tmp_path / "photos", 3)
+    (tmp_path / "list.txt").write_text("\n".join(map(str, images[1:])) + "\n")
+    out = tmp_path / "out.json"
+    assert main([*FAST, "--batch-size", "2", "--out", str(out), str(images[0]), "--file-list", str(tmp_path / "list.txt")]) == 0
+    document = json.loads(out.read_text())
+    assert sorted(entry["file"] for entry in document) == sorted(map(str, images))
+
+
+def test_a_rerun_skips_what_is_done_and_redoes_a_torn_line_and_failures(tmp_path, capsys):
+    images = _images(tmp_path / "photos", 3)
+    out = tmp_path / "out.jsonl"
+    command = [*FAST, "--out", str(out), str(tmp_path / "photos")]
+    assert main(command) == 0
+    first = out.read_bytes()
+    whole, failed, torn = first.splitlines(keepends=True)
+    # As runs leave it: a line whole, a failure (retried), a line cut in the middle by a kill -9.
+    failure = json.dumps({"file": json.loads(failed)["file"], "error": "was unreadable for a while"}).encode()
+    out.write_bytes(whole + failure + b"\n" + torn[: len(torn) // 2])
+    capsys.readouterr()
+    assert main(command) == 0
+    assert out.read_bytes().startswith(whole)  # the line kept is kept as it was
+    _assert_same_results(_lines(out), {json.loads(line)["file"]: json.loads(line) for line in first.splitlines()})
+    assert "2 images predicted, 1 done before, 0 failed" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "0 images predicted, 3 done before" in capsys.readouterr().out
