@@ -198,3 +198,100 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_torn_line_and_failures(tmp_path
     assert "2 images predicted, 1 done before, 0 failed" in capsys.readouterr().out
     assert main(command) == 0
     assert "0 images predicted, 3 done before" in capsys.readouterr().out
+
+
+def test_real_coco_images_with_a_corrupt_one_give_coco_results_for_eval(tmp_path, capsys):
+    """The COCO sample's images in a folder beside a truncated JPEG and a non-image file, predicted into
+    a COCO results file that detector.eval's loader accepts."""
+    tiny = tiny_coco_root()
+    ann = tiny / "annotations" / "instances_val2017.json"
+    names = sorted(p.name for p in (tiny / "val2017").glob("*.jpg"))[:4]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names[:3]:
+        shutil.copy(tiny / "val2017" / name, photos / name)
+    (photos / names[3]).write_bytes((tiny / "val2017" / names[3]).read_bytes()[:2000])  # cut short
+    (photos / "README.txt").write_text("taken in 2017")
+    out = tmp_path / "results.json"
+    assert main(["--model", "small_r18_fpn", "--score-threshold", "0", "--format", "coco", "--ann", str(ann),
+                 "--batch-size", "2", "--out", str(out), str(photos)]) == 1
+    assert "3 images predicted, 0 done before, 1 failed" in capsys.readouterr().out
+    coco_gt = load_coco_file(ann)
+    results = load_results(out, coco_gt)  # every image and category id is the annotation file's
+    ids = {img["file_name"]: img["id"] for img in coco_gt.dataset["images"]}
+    assert results and {r["image_id"] for r in results} <= {ids[name] for name in names[:3]}
+    assert {r["category_id"] for r in results} == {1}  # of the built-in model's classes COCO names only person
+    record = _lines(tmp_path / "results.rank0.jsonl")
+    assert sorted(record) == sorted(str(photos / name) for name in names)  # README.txt is not an image file
+    assert "error" in record[str(photos / names[3])]
+
+
+def test_coco_format_needs_every_image_in_the_annotations(tmp_path, capsys):
+    image, = _images(tmp_path, 1)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "other.png"}], "annotations": [],
+                               "categories": [{"id": 1, "name": "person"}]}))
+    assert main([*FAST, "--format", "coco", "--ann", str(ann), "--out", str(tmp_path / "r.json"), str(image)]) == 2
+    assert f"ann.json has no image named as {image}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--format", "coco", "--out", str(tmp_path / "r.json"), str(image)])  # without --ann
+    assert "--format coco needs --ann" in capsys.readouterr().err
+
+
+def test_merge_puts_the_parts_of_a_job_into_its_output(tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    (tmp_path / "results.rank0.jsonl").write_text(json.dumps({"file": "a.jpg", "detections": []}) + "\n")
+    (tmp_path / "results.rank1.jsonl").write_text(json.dumps({"file": "b.jpg", "error": "unreadable"}) + "\n")
+    assert main(["merge", "--out", str(out)]) == 1  # a file failed
+    assert "1 images, 1 failed" in capsys.readouterr().out
+    assert sorted(_lines(out)) == ["a.jpg", "b.jpg"]
+    assert main(["merge", "--out", str(tmp_path / "other.jsonl")]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow  # a subprocess killed with SIGKILL, then two full runs: about 40 s on a loaded 2-core machine
+def test_a_run_killed_with_sigkill_resumes_to_the_results_of_an_uninterrupted_one(tmp_path):
+    _images(tmp_path / "photos", 24)
+    out, reference = tmp_path / "killed.jsonl", tmp_path / "reference.jsonl"
+    command = [sys.executable, "-m", "detector.predict", *FAST, "--workers", "1", "--no-progress",
+               "--out", str(out), str(tmp_path / "photos")]
+    run = subprocess.Popen(command, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while (not out.is_file() or out.read_bytes().count(b"\n") < 3) and time.monotonic() < deadline:
+        assert run.poll() is None, run.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    lines_then = out.read_bytes().count(b"\n")
+    assert 3 <= lines_then < 24, "the kill came before or after the run"
+    with out.open("ab") as f:  # and the line it was writing, cut (the kill itself rarely lands mid-line)
+        f.write(b'{"file": "' + str(tmp_path / "photos" / "023.png").encode() + b'", "width": 6')
+    done = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{24 - lines_then} images predicted, {lines_then} done before, 0 failed" in done.stdout
+    assert main([*FAST, "--out", str(reference), str(tmp_path / "photos")]) == 0
+    _assert_same_results(_lines(out), _lines(reference))
+
+
+@pytest.mark.slow  # torchrun starts two processes that each load the model: about 40 s on a loaded 2-core machine
+def test_torchrun_with_two_gloo_processes_gives_the_one_process_results(tmp_path):
+    _images(tmp_path / "photos", 7)
+    out, reference = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "detector.predict", *FAST, "--no-progress", "--out", str(out), str(tmp_path / "photos")]
+    done = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("7 images predicted, 0 done before, 0 failed") == 1  # rank 0 sums every rank's
+    assert not list(tmp_path.glob("two.rank*.jsonl"))  # merged into two.jsonl
+    assert main([*FAST, "--out", str(reference), str(tmp_path / "photos")]) == 0
+    _assert_same_results(_lines(out), _lines(reference))
+    done = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "0 images predicted, 7 done before" in done.stdout  # resumed per rank
