@@ -118,10 +118,11 @@ def load_predictor(args: argparse.Namespace, device):
 
 def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
     from detector.distributed import gather_to_all, shard
+    from detector.prediction.coco import coco_entries
     from detector.prediction.jsonl import open_for_resume
     from detector.prediction.run import Summary, detector_entries, predict_files
 
-    coco_ids = _coco_image_ids(args.ann, files) if args.format == "coco" else None
+    coco = _coco_annotations(args.ann, files) if args.format == "coco" else None
     record = shards.record_path(args.out, info.rank, info.world_size)
     writer, _ = open_for_resume(record)
     with writer:
@@ -133,8 +134,8 @@ def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
             if args.keep_freed_memory:
                 memory.keep_freed_memory_for(args.device)
             predictor = load_predictor(args, device)
-            make_entry = (_coco_entries(predictor, coco_ids, args) if coco_ids is not None
-                          else detector_entries(predictor, args.masks))
+            make_entry = (coco_entries(coco, args.ann, predictor.class_names, with_masks=args.masks != "none")
+                          if coco is not None else detector_entries(predictor, args.masks))
             summary = predict_files(predictor, todo, writer, make_entry, score_threshold=args.score_threshold,
                                     batch_size=args.batch_size, workers=args.workers, fail_fast=args.fail_fast,
                                     progress=args.progress if info.is_main else False,
@@ -149,9 +150,8 @@ def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
     failed = merged.failed if merged else sum(s.failed for s in summaries)
     if info.is_main:
         print(_summary_line(summaries, failed, args.out))
-        if failed:
-            where = args.out if args.out.suffix == ".jsonl" or args.format == "detector" else record.parent / (
-                f"{args.out.stem}.rank*.jsonl")
+        if failed:  # a COCO results document has no place for them: they stay in the part files
+            where = shards.part_pattern(args.out) if args.out.suffix == ".json" and args.format == "coco" else args.out
             print(f"error: {failed} of {len(files)} files failed: their \"error\" lines in {where} say why",
                   file=sys.stderr)
     return 1 if failed else 0
@@ -172,25 +172,14 @@ def merge_main(argv: list[str]) -> int:
     return 1 if merged.failed else 0
 
 
-def _coco_image_ids(ann: Path, files: list[Path]) -> dict[str, int]:
+def _coco_annotations(ann: Path, files: list[Path]) -> dict:
+    """The annotation file of --format coco, once it is known to name every file (before the model loads)."""
     from detector.data.coco_file import load_coco_file
     from detector.prediction.coco import check_all_named, image_ids_by_name
 
-    ids = image_ids_by_name(load_coco_file(ann).dataset["images"], ann)
-    check_all_named(files, ids, ann)
-    return ids
-
-
-def _coco_entries(predictor, image_ids: dict[str, int], args: argparse.Namespace):
-    from detector.data.coco_file import load_coco_file
-    from detector.evaluation.category_map import label_to_category_id
-    from detector.prediction.coco import CocoEntries
-
-    mapping = label_to_category_id(predictor.class_names, load_coco_file(args.ann).dataset["categories"])
-    if not mapping:
-        raise ValueError(f"{args.ann}: no category is named as a class of the model "
-                         f"({', '.join(predictor.class_names[1:6])}, ...)")
-    return CocoEntries(image_ids, mapping, with_masks=args.masks != "none")
+    dataset = load_coco_file(ann).dataset
+    check_all_named(files, image_ids_by_name(dataset["images"], ann), ann)
+    return dataset
 
 
 def _wait_for_every_rank() -> None:

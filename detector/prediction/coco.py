@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from detector.evaluation.category_map import label_to_category_id
 from detector.evaluation.coco_results import detections_to_coco
 from detector.structures import Detections
 
@@ -49,3 +50,11 @@ class CocoEntries:
         image_id = self.image_ids[path.name]
         results = detections_to_coco(det, image_id, self.label_to_category_id, with_masks=self.with_masks)
         return {"file": str(path), "image_id": image_id, "results": results}
+
+
+def coco_entries(dataset: Mapping, ann: str | Path, class_names: Sequence[str], *, with_masks: bool) -> CocoEntries:
+    """The line maker of an annotation file's contents (``images``, ``categories``) for a model's classes."""
+    mapping = label_to_category_id(class_names, dataset["categories"])
+    if not mapping:
+        raise ValueError(f"{ann}: no category is named as a class of the model ({', '.join(class_names[1:6])}, ...)")
+    return CocoEntries(image_ids_by_name(dataset["images"], ann), mapping, with_masks=with_masks)

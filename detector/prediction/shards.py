@@ -54,10 +54,14 @@ def record_path(out: Path, rank: int, world_size: int) -> Path:
     return out if world_size == 1 and out.suffix == ".jsonl" else part_path(out, rank)
 
 
+def part_pattern(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.rank*.jsonl")
+
+
 def part_paths(out: Path) -> list[Path]:
     """The part files beside ``out``, by rank."""
     pattern = re.compile(re.escape(out.stem) + r"\.rank(\d+)\.jsonl")
-    ranks = {int(m.group(1)): p for p in out.parent.glob(f"{glob.escape(out.stem)}.rank*.jsonl")
+    ranks = {int(m.group(1)): p for p in out.parent.glob(glob.escape(out.stem) + ".rank*.jsonl")
              if (m := pattern.fullmatch(p.name))}
     return [ranks[r] for r in sorted(ranks)]
 
@@ -76,7 +80,7 @@ def merge(out: Path) -> Merged:
     """Merge the records of ``out``'s job into ``out`` (see the module's docstring)."""
     sources = records(out)
     if not sources:
-        raise ValueError(f"{out}: nothing to merge (no {out.stem}.rank*.jsonl beside it)")
+        raise ValueError(f"{out}: nothing to merge (no {part_pattern(out).name} beside it)")
     winners: dict[str, tuple[int, int, bool]] = {}  # file -> (source, offset of its line, a result?)
     kinds = set()  # "coco" and/or "detector" lines
     for s, path in enumerate(sources):

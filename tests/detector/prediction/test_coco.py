@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.prediction.coco import CocoEntries, check_all_named, image_ids_by_name
+from detector.prediction.coco import CocoEntries, check_all_named, coco_entries, image_ids_by_name
 from detector.structures import Detections
 
 IMAGES = [{"id": 139, "file_name": "000000000139.jpg"}, {"id": 5, "file_name": "val/b.png"}]
@@ -32,3 +32,11 @@ def test_a_line_holds_the_image_id_and_its_coco_results():
     assert line == {"file": "val/b.png", "image_id": 5,
                     "results": [{"image_id": 5, "category_id": 18, "bbox": [10.0, 20.0, 30.0, 40.0],
                                  "score": pytest.approx(0.9)}]}  # label 2 has no category: left out
+
+
+def test_categories_are_matched_by_class_name_and_none_matched_is_an_error():
+    dataset = {"images": IMAGES, "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]}
+    entries = coco_entries(dataset, "ann.json", ["__background__", "car", "circle", "person"], with_masks=False)
+    assert entries.label_to_category_id == {1: 3, 3: 1} and entries.image_ids == {"000000000139.jpg": 139, "b.png": 5}
+    with pytest.raises(ValueError, match=r"ann.json: no category is named as a class of the model \(circle"):
+        coco_entries(dataset, "ann.json", ["__background__", "circle"], with_masks=False)
