@@ -5,8 +5,8 @@ batches of similar size (``loader.size_batches``), and each image's line is writ
 as its batch is done (``jsonl.LineWriter``), so lines come in batch order, not in the order of ``files``.
 A file that cannot be read gets a failure line and the loop goes on, or, with ``fail_fast``, stops
 with a ValueError naming the file. A progress bar (tqdm, on stderr) shows images/s and the time left.
-Memory holds at most 2 x workers + 4 x batch_size decoded images (those decoded ahead and those waiting
-in their size bucket), whatever the number of files.
+Memory holds about max(2 x workers, batch_size) + 5 x batch_size decoded images (decoded ahead, waiting
+in their size bucket, in the batch being predicted), whatever the number of files.
 """
 
 from __future__ import annotations
