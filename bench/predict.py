@@ -8,7 +8,8 @@ Both loops take the same files and the same loaded Predictor, and write the same
 - plain: for each batch, in order: read each file (``read_image``), ``predict``, write the lines;
 - cli: ``detector.prediction.run.predict_files``, what the CLI runs: decoding in a pool of threads ahead
   of the model, batches by size bucket, each line flushed as it is written (no progress bar).
-The files are generated JPEGs in COCO's common sizes (640x480, 480x640, 640x427, 500x375, ...), smooth
+A third row times decoding alone (``read_image`` of every file, one thread): the share of the work
+that the pool can take off the model's path. The files are generated JPEGs in COCO's common sizes (640x480, 480x640, 640x427, 500x375, ...), smooth
 noise that compresses as photos do. Model loading is not timed. The loops take turns, ``--repeat``
 times after one warm-up pass; the median is reported. Prints a table and writes JSON with the CPU
 (``bench/machine.py``), default bench/results/predict_small.json.
@@ -67,28 +68,32 @@ def cli_loop(predictor: Predictor, paths: list[Path], out: Path, batch_size: int
 
 def measure(args: argparse.Namespace, predictor: Predictor, paths: list[Path], work: Path) -> list[dict]:
     runs = [("plain", b, None) for b in args.batches] + [("cli", b, w) for b in args.batches for w in args.workers]
+    runs.append(("decode", None, None))
     seconds: dict[tuple, list[float]] = {run: [] for run in runs}
     for turn in range(args.repeat + 1):  # turn 0 warms up
         for loop, batch, workers in runs:
             start = time.perf_counter()
             if loop == "plain":
                 plain_loop(predictor, paths, work / "plain.jsonl", batch)
-            else:
+            elif loop == "cli":
                 cli_loop(predictor, paths, work / "cli.jsonl", batch, workers)
+            else:
+                [read_image(p) for p in paths]
             if turn:
                 seconds[loop, batch, workers].append(time.perf_counter() - start)
     plain = {b: statistics.median(seconds["plain", b, None]) for b in args.batches}
     return [{"loop": loop, "batch_size": batch, "workers": workers, "seconds": seconds[loop, batch, workers],
              "images_per_s": round(len(paths) / statistics.median(seconds[loop, batch, workers]), 2),
-             "vs_plain": round(plain[batch] / statistics.median(seconds[loop, batch, workers]), 2)}
+             "vs_plain": round(plain[batch] / statistics.median(seconds[loop, batch, workers]), 2) if batch else None}
             for loop, batch, workers in runs]
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'loop':<6} {'batch':>5} {'workers':>7} {'img/s':>7} {'vs plain':>8}"]
     for r in rows:
-        lines.append(f"{r['loop']:<6} {r['batch_size']:>5} {r['workers'] or '-':>7} {r['images_per_s']:>7.2f} "
-                     f"{r['vs_plain']:>8.2f}")
+        vs_plain = f"{r['vs_plain']:>8.2f}" if r["vs_plain"] else f"{'-':>8}"
+        lines.append(f"{r['loop']:<6} {r['batch_size'] or '-':>5} {r['workers'] or '-':>7} {r['images_per_s']:>7.2f} "
+                     f"{vs_plain}")
     return "\n".join(lines)
 
 
