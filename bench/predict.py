@@ -4,7 +4,7 @@
     python bench/predict.py --images 64 --batches 1 4 --workers 1 2 4 --threads 2
 
 Both loops take the same files and the same loaded Predictor, and write the same JSON line per image
-(``Predictor.to_json``, masks as RLE) to a file:
+(``Predictor.to_json``, masks as RLE, detections scoring 0.5 or more) to a file:
 - plain: for each batch, in order: read each file (``read_image``), ``predict``, write the lines;
 - cli: ``detector.prediction.run.predict_files``, what the CLI runs: decoding in a pool of threads ahead
   of the model, batches by size bucket, each line flushed as it is written (no progress bar).
@@ -36,6 +36,7 @@ from detector.prediction.jsonl import LineWriter  # noqa: E402
 from detector.prediction.run import detector_entries, predict_files  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
 
+SCORE_THRESHOLD = 0.5  # predict's default, in both loops
 SIZES = [(480, 640), (640, 480), (427, 640), (375, 500), (640, 427), (480, 640), (500, 375), (612, 612)]
 
 
@@ -56,13 +57,14 @@ def plain_loop(predictor: Predictor, paths: list[Path], out: Path, batch_size: i
         for start in range(0, len(paths), batch_size):
             batch = paths[start : start + batch_size]
             for path, det in zip(batch, predictor.predict([read_image(p) for p in batch])):
+                det = det[det.scores >= SCORE_THRESHOLD]
                 f.write(json.dumps({"file": str(path), **predictor.to_json(det, masks="rle")}) + "\n")
 
 
 def cli_loop(predictor: Predictor, paths: list[Path], out: Path, batch_size: int, workers: int) -> None:
     out.unlink(missing_ok=True)
     with LineWriter(out) as writer:
-        predict_files(predictor, paths, writer, detector_entries(predictor, "rle"), score_threshold=0.5,
+        predict_files(predictor, paths, writer, detector_entries(predictor, "rle"), score_threshold=SCORE_THRESHOLD,
                       batch_size=batch_size, workers=workers, progress=False)
 
 
