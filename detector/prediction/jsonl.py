@@ -25,7 +25,7 @@ from detector.atomic import atomic_write
 
 @dataclass
 class Record:
-    """What a record file holds: the files with a result, those with a failure, the torn lines."""
+    """What a record file holds: the files with a result, those with a failure line, the torn lines."""
 
     ok: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
@@ -53,7 +53,6 @@ def read_record(path: str | Path) -> Record:
             record.failed.add(entry["file"])
         else:
             record.ok.add(entry["file"])
-    record.failed -= record.ok  # a failure that a later run redid is no failure
     return record
 
 
