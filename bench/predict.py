@@ -9,10 +9,10 @@ Both loops take the same files and the same loaded Predictor, and write the same
 - cli: ``detector.prediction.run.predict_files``, what the CLI runs: decoding in a pool of threads ahead
   of the model, batches by size bucket, each line flushed as it is written (no progress bar).
 A third row times decoding alone (``read_image`` of every file, one thread): the share of the work
-that the pool can take off the model's path. The files are generated JPEGs in COCO's common sizes (640x480, 480x640, 640x427, 500x375, ...), smooth
-noise that compresses as photos do. Model loading is not timed. The loops take turns, ``--repeat``
-times after one warm-up pass; the median is reported. Prints a table and writes JSON with the CPU
-(``bench/machine.py``), default bench/results/predict_small.json.
+that the pool can take off the model's path. The files are generated JPEGs in COCO's common sizes
+(640x480, 480x640, 640x427, 500x375, ...), smooth noise that compresses as photos do. Model loading is
+not timed. The loops take turns, ``--repeat`` times after one warm-up pass; the median is reported.
+Prints a table and writes JSON with the CPU (``bench/machine.py``), default bench/results/predict_small.json.
 """
 
 from __future__ import annotations

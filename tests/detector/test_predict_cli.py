@@ -176,7 +176,8 @@ def test_a_json_output_is_one_document_of_every_image(tmp_path):
     images = _images(tmp_path / "photos", 3)
     (tmp_path / "list.txt").write_text("\n".join(map(str, images[1:])) + "\n")
     out = tmp_path / "out.json"
-    assert main([*FAST, "--batch-size", "2", "--out", str(out), str(images[0]), "--file-list", str(tmp_path / "list.txt")]) == 0
+    assert main([*FAST, "--batch-size", "2", "--out", str(out), str(images[0]),
+                 "--file-list", str(tmp_path / "list.txt")]) == 0
     document = json.loads(out.read_text())
     assert sorted(entry["file"] for entry in document) == sorted(map(str, images))
 
