@@ -255,7 +255,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow  # a subprocess killed with SIGKILL, then two full runs: about 40 s on a loaded 2-core machine
+@pytest.mark.slow  # a subprocess killed with SIGKILL, then two full runs: about 60 s on a loaded 2-core machine
 def test_a_run_killed_with_sigkill_resumes_to_the_results_of_an_uninterrupted_one(tmp_path):
     _images(tmp_path / "photos", 24)
     out, reference = tmp_path / "killed.jsonl", tmp_path / "reference.jsonl"
@@ -279,7 +279,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_results_of_an_uninterrupted_on
     _assert_same_results(_lines(out), _lines(reference))
 
 
-@pytest.mark.slow  # torchrun starts two processes that each load the model: about 40 s on a loaded 2-core machine
+@pytest.mark.slow  # torchrun twice, two processes that each load the model: about 60 s on a loaded 2-core machine
 def test_torchrun_with_two_gloo_processes_gives_the_one_process_results(tmp_path):
     _images(tmp_path / "photos", 7)
     out, reference = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
