@@ -290,6 +290,7 @@ def test_torchrun_with_two_gloo_processes_gives_the_one_process_results(tmp_path
                "-m", "detector.predict", *FAST, "--no-progress", "--out", str(out), str(tmp_path / "photos")]
     done = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2" in done.stderr and "rank 1 of 2" in done.stderr
     assert done.stdout.count("7 images predicted, 0 done before, 0 failed") == 1  # rank 0 sums every rank's
     assert not list(tmp_path.glob("two.rank*.jsonl"))  # merged into two.jsonl
     assert main([*FAST, "--out", str(reference), str(tmp_path / "photos")]) == 0
