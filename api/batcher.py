@@ -17,7 +17,14 @@ Failure handling, per request:
 - an item whose forward pass has run ``forward_timeout_s`` is answered ``ForwardTimeout`` (the pass,
   which a thread cannot be made to abandon, goes on; ``stalled`` says so, for the readiness probe);
 - if ``fn`` raises on a batch of several, each item is run alone, so only the item that breaks it
-  fails (``BatchFailed``) and the others still get their results; the worker keeps serving.
+  fails (``BatchFailed``) and the others still get their results; the worker keeps serving. The retry
+  starts once the failed pass's exception is gone: its traceback holds the pass's frames, and their
+  tensors would stay allocated through the retry;
+- an item that runs out of memory alone (``detector.device_errors.is_out_of_memory``) is answered
+  ``OutOfMemory``, with a retry hint: the device is fine, only busy;
+- a CUDA error that leaves the device unusable (``is_fatal_device_error``: an illegal memory access, a
+  device-side assert) fails its batch, every queued item and every later one (``DeviceFailed``), and
+  ``failed`` says why, for the health probes: only a new process recovers.
 
 Closing (``close(timeout_s)``) refuses new items and serves the queued ones for at most ``timeout_s``;
 then every item left, the running batch's included, is answered ``BatcherClosed``, and ``close`` returns
@@ -34,10 +41,13 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from detector.device_errors import is_fatal_device_error, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +79,20 @@ class BatchFailed(BatcherError):
 
 class BatcherClosed(BatcherError):
     pass
+
+
+class OutOfMemory(BatcherError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the model ran out of memory (the server is busy); retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeviceFailed(BatcherError):
+    """The model's device failed for good (``Batcher.failed`` says why): the process must be restarted."""
+
+
+# How a forward pass failed (``Batcher._attempt``).
+_FAILED, _OUT_OF_MEMORY, _DEVICE_FAILED = "failed", "out of memory", "device failed"
 
 
 class BatchObserver(Protocol):
@@ -136,6 +160,7 @@ class Batcher(Generic[T, R]):
         # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
         self._thread = _DaemonThread("detector-forward")
         self._closing: asyncio.Future | None = None
+        self.failed: str | None = None  # why the device failed for good (a fatal CUDA error), for the log
 
     def start(self) -> None:
         """Start the worker; call from the event loop that will ``submit``."""
@@ -165,15 +190,13 @@ class Batcher(Generic[T, R]):
         """Raise now what ``submit`` would raise at once, so a caller can refuse before costly work
         (decoding an image) rather than after it. ``ahead``: items the caller holds that will be
         submitted before this one (requests waiting to be decoded); they count toward the queue."""
-        if self._closed or self._task is None:
-            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+        self._refuse_if_closed()
         if self._queue.qsize() + ahead >= self.queue_size:
             raise QueueFull(self._retry_after_s(ahead))
 
     async def submit(self, item: T) -> BatchOutcome[R]:
         """Queue ``item`` and wait for its result; raises a ``BatcherError`` when it cannot be served."""
-        if self._closed or self._task is None:
-            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+        self._refuse_if_closed()
         now = time.monotonic()
         pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s)
         try:
@@ -185,6 +208,17 @@ class Batcher(Generic[T, R]):
         except asyncio.CancelledError:  # the client went away: do not run its item
             pending.future.cancel()
             raise
+
+    def _refuse_if_closed(self) -> None:
+        if self.failed is not None:
+            raise DeviceFailed("the model's device failed; the server must be restarted")
+        if self._closed or self._task is None:
+            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+
+    async def run_on_forward_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the thread that runs the forward passes (a warm-up: CUDA's and cuDNN's state is
+        per thread), one at a time with them."""
+        return await asyncio.wrap_future(self._thread.submit(fn, *args))
 
     async def _outcome(self, pending: _Pending) -> BatchOutcome[R]:
         """``pending``'s result: while it waits, until its queue deadline; once its forward pass has begun,
@@ -296,19 +330,24 @@ class Batcher(Generic[T, R]):
         return True
 
     async def _run(self, batch: list[_Pending]) -> None:
+        if self.failed is not None:  # queued before the device failed: it would fail again
+            for pending in batch:
+                _fail(pending, self._error(_DEVICE_FAILED))
+            return
         started = time.monotonic()
         for pending in batch:
             pending.started, pending.started_at = True, started
             if self.observer is not None:
                 self.observer.observe_queue_wait(started - pending.enqueued_at)
-        try:
-            values = await self._call([p.item for p in batch])
-        except Exception:
-            logger.exception("a batch of %d failed", len(batch))
-            if len(batch) == 1:
-                _fail(batch[0], BatchFailed("inference failed for this image"))
-                return
-            await self._run_alone(batch)
+        values, failure = await self._attempt([p.item for p in batch])
+        # Here, not in an ``except`` block: the failed pass's exception and the tensors its traceback's frames
+        # hold are gone before anything else runs on the device.
+        if failure is not None:
+            if failure != _DEVICE_FAILED and len(batch) > 1:
+                await self._run_alone(batch)
+            else:
+                for pending in batch:
+                    _fail(pending, self._error(failure))
             return
         run_s = time.monotonic() - started
         self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * run_s
@@ -321,19 +360,45 @@ class Batcher(Generic[T, R]):
     async def _run_alone(self, batch: list[_Pending]) -> None:
         """After a failed batch: one item at a time, so one bad item fails only itself."""
         for pending in batch:
+            if self.failed is not None:
+                _fail(pending, self._error(_DEVICE_FAILED))
+                continue
             started = time.monotonic()
             pending.started_at = started
-            try:
-                (value,) = await self._call([pending.item])
-            except Exception:
-                logger.exception("an item failed on its own")
-                _fail(pending, BatchFailed("inference failed for this image"))
+            values, failure = await self._attempt([pending.item], alone=True)
+            if failure is not None:
+                _fail(pending, self._error(failure))
                 continue
             run_s = time.monotonic() - started
             if self.observer is not None:
                 self.observer.observe_batch(1, run_s)
             if not pending.future.done():
-                pending.future.set_result(BatchOutcome(value, started - pending.enqueued_at, run_s, 1))
+                pending.future.set_result(BatchOutcome(values[0], started - pending.enqueued_at, run_s, 1))
+
+    async def _attempt(self, items: list[T], alone: bool = False) -> tuple[Sequence[R] | None, str | None]:
+        """(``fn(items)``'s results, None), or (None, how it failed): the exception itself is logged and
+        dropped here. A fatal device error marks the batcher ``failed``."""
+        try:
+            return await self._call(items), None
+        except Exception as exc:
+            what = "an item failed on its own" if alone else f"a batch of {len(items)} failed"
+            if is_fatal_device_error(exc):
+                self.failed, failure = f"{type(exc).__name__}: {exc}", _DEVICE_FAILED
+                logger.critical("%s: the device failed; every later request fails until a restart", what, exc_info=True)
+            else:
+                failure = _OUT_OF_MEMORY if is_out_of_memory(exc) else _FAILED
+                logger.exception(what)
+            # The frames of the failed pass keep its tensors (device memory) for as long as the exception
+            # lives, and a log handler may keep it: their locals go now (the text of the traceback stays).
+            traceback.clear_frames(exc.__traceback__)
+            return None, failure
+
+    def _error(self, failure: str) -> BatcherError:
+        if failure == _DEVICE_FAILED:
+            return DeviceFailed("the model's device failed; the server must be restarted")
+        if failure == _OUT_OF_MEMORY:
+            return OutOfMemory(self._retry_after_s())
+        return BatchFailed("inference failed for this image")
 
     async def _call(self, items: list[T]) -> Sequence[R]:
         self._forward_since = time.monotonic()
@@ -371,16 +436,20 @@ class _DaemonThread:
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
-            future, fn, args = call
-            if not future.set_running_or_notify_cancel():
-                continue
-            self.running = True
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the awaiting request, which logs it
-                future.set_exception(exc)
-            finally:
-                self.running = False
+            self._run_one(*call)
+            del call  # not held while waiting for the next: a failed call's exception holds its frames' tensors
+
+    def _run_one(self, future: Future, fn: Callable, args: tuple) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        self.running = True
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the awaiting request, which logs it
+            future.set_exception(exc)
+            future = None  # this frame is in exc's traceback: no cycle through the future (exc freed by refcount)
+        finally:
+            self.running = False
 
 
 def _fail(pending: _Pending, error: BatcherError) -> None:
