@@ -130,3 +130,27 @@ def test_out_of_memory_answers_retry_later_and_the_service_stays_ready(predictor
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
     assert "out of memory" in refused.json()["detail"]
     assert ready.status_code == 200 and served.status_code == 200
+
+
+class ThreadRecordingPredictor:
+    """The real predictor, recording the thread of each forward pass."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.threads: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        self.threads.append(threading.current_thread().name)
+        return self._real.predict(images)
+
+
+def test_the_warm_up_runs_on_the_thread_that_serves(predictor):
+    recording = ThreadRecordingPredictor(predictor)
+    with serving(recording) as client:
+        warm_up = list(recording.threads)
+        assert client.post("/detect", files=as_file(jpeg())).status_code == 200
+    assert len(warm_up) == len(predictor.warm_up_batches(4)) >= 1
+    assert set(recording.threads) == {"detector-forward"}

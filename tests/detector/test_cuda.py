@@ -84,3 +84,22 @@ def test_an_image_gets_on_cuda_in_a_batch_what_it_gets_alone(images):
 def test_bf16_is_fast_on_the_gpus_that_have_it():
     major, _ = torch.cuda.get_device_capability(CUDA)
     assert bf16_is_fast(CUDA) == (major >= 8)
+
+
+def test_a_fast_predictor_holds_each_weight_on_the_gpu_once():
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(CUDA)
+    predictor = Predictor.from_preset(None, device=CUDA, speed="fast")
+    held = torch.cuda.memory_allocated(CUDA) - before
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*predictor._net.parameters(), *predictor._net.buffers()] if t.is_cuda}
+    assert held <= sum(storages.values()) * 1.05 + 2**20, (held, sum(storages.values()))
+
+
+def test_images_reach_the_gpu_from_pinned_memory_with_their_values():
+    from detector.predictor import to_device
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    tensor = to_device(image, CUDA)
+    assert tensor.is_cuda and tensor.dtype == torch.uint8 and tensor.shape == (3, 37, 53)
+    assert torch.equal(tensor.cpu(), torch.from_numpy(image).permute(2, 0, 1))
