@@ -146,11 +146,16 @@ class ThreadRecordingPredictor:
         self.threads.append(threading.current_thread().name)
         return self._real.predict(images)
 
+    def to_json(self, det, **options):
+        self.encoded_on = threading.current_thread().name
+        return self._real.to_json(det, **options)
 
-def test_the_warm_up_runs_on_the_thread_that_serves(predictor):
+
+def test_the_warm_up_runs_on_the_thread_that_serves_and_encoding_off_it(predictor):
     recording = ThreadRecordingPredictor(predictor)
     with serving(recording) as client:
         warm_up = list(recording.threads)
-        assert client.post("/detect", files=as_file(jpeg())).status_code == 200
+        assert client.post("/detect", files=as_file(jpeg()), params={"masks": "rle"}).status_code == 200
     assert len(warm_up) == len(predictor.warm_up_batches(4)) >= 1
     assert set(recording.threads) == {"detector-forward"}
+    assert recording.encoded_on != "detector-forward"  # masks pasted and RLE-encoded while the next batch runs
