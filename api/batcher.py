@@ -5,6 +5,10 @@ waiting item, gathers more for up to ``max_wait_ms`` after that item arrived (at
 ``max_batch_size`` in all), and runs ``fn(items)`` in a dedicated thread so the event loop stays
 free. While a batch runs, the next one gathers in the queue.
 
+With a ``key`` (the padded size an image runs at), a batch holds items of one key only: the model runs
+one forward pass per padded size, so a batch of mixed sizes would be several small passes. An item of
+another key is held back, in order, and starts the next batch (``key=None``: any items batch together).
+
 Serial traffic does not wait: once a forward pass ran a single item and nobody had queued behind it
 by its end, requests are coming one at a time (a client at concurrency 1), and a lone item starts
 at once instead of waiting ``max_wait_ms`` for company that does not come. The first pass that has
@@ -42,7 +46,8 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -116,6 +121,7 @@ class _Pending:
     future: asyncio.Future
     enqueued_at: float
     deadline: float
+    key: Hashable = None  # Batcher.key of the item
     started: bool = False
     started_at: float = math.inf  # when its (latest) forward pass began
 
@@ -138,6 +144,7 @@ class Batcher(Generic[T, R]):
         timeout_s: float = math.inf,
         forward_timeout_s: float = math.inf,
         observer: BatchObserver | None = None,
+        key: Callable[[T], Hashable] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or timeout_s <= 0 or forward_timeout_s <= 0:
             raise ValueError(
@@ -151,6 +158,9 @@ class Batcher(Generic[T, R]):
         self.timeout_s = timeout_s
         self.forward_timeout_s = forward_timeout_s
         self.observer = observer
+        self.key = key
+        self._held: deque[_Pending] = deque()  # taken from the queue for a batch of another key: served first
+        self._stop_seen = False  # close's _Stop was taken from the queue: nothing more will come
         self._queue: asyncio.Queue[_Pending | _Stop] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -184,21 +194,24 @@ class Batcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         """Requests waiting for the model (not counting the batch running now)."""
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     def ensure_room(self, ahead: int = 0) -> None:
         """Raise now what ``submit`` would raise at once, so a caller can refuse before costly work
         (decoding an image) rather than after it. ``ahead``: items the caller holds that will be
         submitted before this one (requests waiting to be decoded); they count toward the queue."""
         self._refuse_if_closed()
-        if self._queue.qsize() + ahead >= self.queue_size:
+        if self.depth + ahead >= self.queue_size:
             raise QueueFull(self._retry_after_s(ahead))
 
     async def submit(self, item: T) -> BatchOutcome[R]:
         """Queue ``item`` and wait for its result; raises a ``BatcherError`` when it cannot be served."""
         self._refuse_if_closed()
         now = time.monotonic()
-        pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s)
+        key = self.key(item) if self.key is not None else None
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s, key)
+        if self.depth >= self.queue_size:  # the items held back count too
+            raise QueueFull(self._retry_after_s())
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -277,49 +290,62 @@ class Batcher(Generic[T, R]):
         self._thread.stop()
 
     def _retry_after_s(self, ahead: int = 0) -> int:
-        batches_ahead = math.ceil((self._queue.qsize() + ahead) / self.max_batch_size)
+        batches_ahead = math.ceil((self.depth + ahead) / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._mean_run_s))
 
     async def _work(self) -> None:
         batch: list[_Pending] = []
         try:
-            stop = False
-            while not stop:
-                batch, stop = await self._gather()
+            while not (self._stop_seen and not self._held):
+                batch = await self._gather()
                 if batch:
                     await self._run(batch)
-                    self._serial = len(batch) == 1 and self._queue.empty()
+                    self._serial = len(batch) == 1 and self.depth == 0
         finally:  # stopped, or cancelled mid-batch as the loop closes: nobody may wait forever
+            batch.extend(self._held)
+            self._held.clear()
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             for pending in batch:
                 if isinstance(pending, _Pending):
                     _fail(pending, BatcherClosed("the server is shutting down"))
 
-    async def _gather(self) -> tuple[list[_Pending], bool]:
-        """Wait for one live item, then take more until the batch is full or its wait is over (at
-        once, while the traffic is serial)."""
+    async def _gather(self) -> list[_Pending]:
+        """Wait for one live item (the oldest held back first), then take more of its key until the batch
+        is full or its wait is over (at once, while the traffic is serial). Items of another key are held
+        back, in order, for the next batches."""
         batch: list[_Pending] = []
+        held, self._held, skipped = self._held, deque(), []
         gather_until = math.inf
-        while len(batch) < self.max_batch_size:
-            if self._queue.empty():
-                remaining = gather_until - time.monotonic()
-                if remaining <= 0 or (batch and self._serial):
-                    break
-                try:
-                    entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)
-                except asyncio.TimeoutError:
-                    break
-            else:
-                entry = self._queue.get_nowait()
-            if isinstance(entry, _Stop):
-                return batch, True
-            if self._is_live(entry):
+        try:
+            while len(batch) < self.max_batch_size:
+                if held:
+                    entry = held.popleft()
+                elif self._queue.empty():
+                    remaining = gather_until - time.monotonic()
+                    if self._stop_seen or remaining <= 0 or (batch and self._serial):
+                        break
+                    try:
+                        entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    entry = self._queue.get_nowait()
+                if isinstance(entry, _Stop):
+                    self._stop_seen = True  # what is held back is still served
+                    continue
+                if not self._is_live(entry):
+                    continue
+                if batch and entry.key != batch[0].key:
+                    skipped.append(entry)
+                    continue
                 batch.append(entry)
                 # The window starts when the first item arrived: items that already waited
                 # behind a running batch do not wait again.
                 gather_until = min(gather_until, entry.enqueued_at + self.max_wait_ms / 1000)
-        return batch, False
+        finally:
+            self._held = deque([*skipped, *held, *self._held])
+        return batch
 
     def _is_live(self, pending: _Pending) -> bool:
         if pending.future.done():  # cancelled: timed out or the client left

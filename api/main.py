@@ -100,6 +100,7 @@ async def _load(service: Service) -> None:
             timeout_s=settings.request_timeout_s,
             forward_timeout_s=settings.forward_timeout_s,
             observer=service.metrics,
+            key=predictor.padded_size if settings.batch_by_size else None,
         )
         # On the thread that will serve (CUDA's and cuDNN's state is per thread), at the largest batch on a GPU.
         for images in predictor.warm_up_batches(settings.max_batch_size):

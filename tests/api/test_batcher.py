@@ -464,3 +464,47 @@ def test_a_fatal_device_error_fails_everything_after_it_and_says_why(error):
     assert [type(r) for r in results] == [DeviceFailed, DeviceFailed]
     assert calls == [[1, 2]]  # not retried one by one: the device would fail again
     assert str(error) in batcher.failed
+
+
+def test_with_a_key_a_batch_holds_one_key_and_the_others_wait_their_turn_in_order():
+    fn = SlowDouble(delay_s=0.0)
+    fn.release.clear()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=50, key=lambda item: item // 10)
+        first = asyncio.ensure_future(batcher.submit(0))  # runs alone, held until released
+        await until(lambda: len(fn.batches) == 1)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (11, 1, 12, 2, 21, 13)]
+        await until(lambda: batcher.depth == 6)
+        fn.release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert [r.value for r in results] == [0, 22, 2, 24, 4, 42, 26]
+    # The oldest waiting item's key first, then the next oldest's: no batch mixes keys, none is out of turn.
+    assert fn.batches == [[0], [11, 12, 13], [1, 2], [21]]
+    assert [r.batch_size for r in results[1:]] == [3, 2, 3, 2, 1, 3]
+
+
+def test_items_held_back_count_toward_the_queue_and_are_served_at_close():
+    fn = SlowDouble(delay_s=0.0)
+    fn.release.clear()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=2, max_wait_ms=0, queue_size=3, key=lambda item: item % 2)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await until(lambda: len(fn.batches) == 1)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await until(lambda: batcher.depth == 3)
+        with pytest.raises(QueueFull):
+            await batcher.submit(5)
+        fn.release.set()
+        closing = asyncio.ensure_future(batcher.close())
+        results = await asyncio.gather(first, *rest)
+        await closing
+        return results
+
+    assert [r.value for r in run(main())] == [0, 2, 4, 6]
+    assert sorted(map(tuple, fn.batches)) == [(0,), (1, 3), (2,)]

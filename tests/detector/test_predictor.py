@@ -128,3 +128,18 @@ def test_warm_up_is_one_image_on_the_cpu_and_the_largest_batch_of_each_orientati
     assert [[i.shape for i in b] for b in Predictor(model, speed="exact").warm_up_batches(8)] == [[(480, 640, 3)]]
     batches = Predictor(build_model(small_r18_fpn()), device="meta", speed="exact").warm_up_batches(8)
     assert [[i.shape for i in b] for b in batches] == [[(480, 640, 3)] * 8, [(640, 480, 3)] * 8]
+
+
+def test_the_padded_size_is_the_one_predict_groups_images_by():
+    import numpy as np
+    import torch
+
+    from detector.modeling.transform import padded_size, preprocess
+
+    predictor = Predictor(build_model(small_r18_fpn()), speed="exact")  # min 256, max 384, multiples of 32
+    cfg = predictor.model.cfg.input
+    for h, w in ((480, 640), (640, 480), (427, 640), (100, 1000)):
+        image = np.zeros((h, w, 3), np.uint8)
+        resized = preprocess(torch.from_numpy(image).permute(2, 0, 1), cfg)
+        assert predictor.padded_size(image) == padded_size(resized.shape[-2:], cfg.size_divisible)
+    assert predictor.padded_size(np.zeros((480, 640, 3), np.uint8)) == (256, 352)
