@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     # Applied by python -m api at startup (process-wide), not by create_app.
     keep_freed_memory: bool = Field(True, description=FLAG_HELP)
+    # cuDNN times its algorithms for each new input shape and keeps the fastest: it pays where shapes repeat
+    # (batch_by_size, few image sizes) and costs a timing run at every new one otherwise.
+    cudnn_benchmark: bool = Field(False, description="on a CUDA device, let cuDNN time and pick its convolution "
+                                  "algorithms per input shape (torch.backends.cudnn.benchmark)")
 
     # Batching: a GPU forward of 4 images costs little more than one; 10 ms of waiting is small
     # next to a forward pass (tens of ms), is not paid when the server is already busy, nor by
