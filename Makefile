@@ -32,10 +32,11 @@ test-slow: install
 # writes bench/results/gpu_check.json, gpu_engine.json and gpu_server.json (commit them). Its steps share
 # 8 minutes; `timeout` kills it past GPU_CHECK_TIMEOUT_S whatever happens (what was measured by then is
 # written already). Without CUDA it runs a tiny CPU mode into build/gpu-check-tiny (CI runs it, so that it
-# cannot rot). It creates .venv from PyPI like `make install` (torch's default Linux wheel carries CUDA);
-# on a machine whose Python already has the dependencies: make gpu-check GPU_CHECK_PY=python3
+# cannot rot). It runs on the machine's python3 where that has the dependencies already (a GPU machine
+# without internet), else it creates .venv from PyPI like `make install` (torch's default Linux wheel
+# carries CUDA); GPU_CHECK_PY=... names another Python.
 GPU_CHECK_TIMEOUT_S ?= 570
-GPU_CHECK_PY ?=
+GPU_CHECK_PY ?= $(shell python3 -c 'import torch, torchvision, fastapi, uvicorn, httpx, pycocotools, safetensors, pytest' >/dev/null 2>&1 && echo python3)
 
 gpu-check: $(if $(GPU_CHECK_PY),,install)
 	timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $(or $(GPU_CHECK_PY),$(PY)) bench/gpu_check.py

