@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -232,14 +233,13 @@ def _nvidia_driver() -> str | None:
 
 def run(command: list[str], timeout_s: float) -> subprocess.CompletedProcess | None:
     """``command`` in the repository root, its output (stdout and stderr) echoed and captured; None when it
-    ran past ``timeout_s`` (then it is killed, with its children)."""
+    ran past ``timeout_s`` (then it is killed, with its children). Output is read as it comes, not by
+    lines: a hung test after pytest's progress dots still times out."""
     log("$ " + " ".join(command))
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    lines: list[str] = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + timeout_s
-    import selectors
-
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         while True:
@@ -249,13 +249,14 @@ def run(command: list[str], timeout_s: float) -> subprocess.CompletedProcess | N
                 proc.wait()
                 return None
             if sel.select(timeout=min(left, 1.0)):
-                line = proc.stdout.readline()
-                if not line:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
                     break
-                lines.append(line)
-                sys.stderr.write(line)
+                chunks.append(chunk)
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
     proc.wait()
-    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines))
+    return subprocess.CompletedProcess(command, proc.returncode, b"".join(chunks).decode(errors="replace"))
 
 
 def junit_counts(path: Path) -> dict:

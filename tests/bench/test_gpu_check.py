@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -69,3 +70,11 @@ def test_junit_counts(tmp_path):
         "</testsuite></testsuites>")
     assert junit_counts(report) == {"tests": 4, "passed": 1, "failed": 1, "skipped": 2,
                                     "skip_reasons": ["no CUDA device"]}
+
+
+def test_run_times_out_on_a_command_that_hangs_mid_line():
+    """As pytest does after its progress dots: output without a newline, then nothing."""
+    hung = "import sys, time; sys.stdout.write('..'); sys.stdout.flush(); time.sleep(30)"
+    started = time.monotonic()
+    assert run([sys.executable, "-c", hung], 1.0) is None
+    assert time.monotonic() - started < 10
