@@ -36,10 +36,15 @@ test-slow: install
 # without internet), else it creates .venv from PyPI like `make install` (torch's default Linux wheel
 # carries CUDA); GPU_CHECK_PY=... names another Python.
 GPU_CHECK_TIMEOUT_S ?= 570
-GPU_CHECK_PY ?= $(shell python3 -c 'import torch, torchvision, fastapi, uvicorn, httpx, pycocotools, safetensors, pytest' >/dev/null 2>&1 && echo python3)
+GPU_CHECK_PY ?=
+GPU_CHECK_DEPS := import torch, torchvision, fastapi, uvicorn, httpx, pycocotools, safetensors, pytest
 
-gpu-check: $(if $(GPU_CHECK_PY),,install)
-	timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $(or $(GPU_CHECK_PY),$(PY)) bench/gpu_check.py
+gpu-check:
+	@py="$(GPU_CHECK_PY)"; \
+	if [ -z "$$py" ] && python3 -c '$(GPU_CHECK_DEPS)' >/dev/null 2>&1; then py=python3; fi; \
+	if [ -z "$$py" ]; then $(MAKE) install && py=$(PY); fi; \
+	echo "timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $$py bench/gpu_check.py"; \
+	timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $$py bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
