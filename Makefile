@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install serve predict test test-slow clean
+.PHONY: install serve predict test test-slow gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,26 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# make gpu-check: the GPU check (bench/gpu_check.py), the one command to run when a CUDA machine is lent.
+# It runs the CUDA tests (pytest -m cuda), measures each speed mode's drift on the GPU, runs the engine
+# benchmark at batch 1/4/8/16 and the server benchmark at concurrency 1-64 with batching on and off, and
+# writes bench/results/gpu_check.json, gpu_engine.json and gpu_server.json (commit them). Its steps share
+# 8 minutes; `timeout` kills it past GPU_CHECK_TIMEOUT_S whatever happens (what was measured by then is
+# written already). Without CUDA it runs a tiny CPU mode into build/gpu-check-tiny (CI runs it, so that it
+# cannot rot). It runs on the machine's python3 where that has the dependencies already (a GPU machine
+# without internet), else it creates .venv from PyPI like `make install` (torch's default Linux wheel
+# carries CUDA); GPU_CHECK_PY=... names another Python.
+GPU_CHECK_TIMEOUT_S ?= 570
+GPU_CHECK_PY ?=
+GPU_CHECK_DEPS := import torch, torchvision, fastapi, uvicorn, httpx, pycocotools, safetensors, pytest
+
+gpu-check:
+	@py="$(GPU_CHECK_PY)"; \
+	if [ -z "$$py" ] && python3 -c '$(GPU_CHECK_DEPS)' >/dev/null 2>&1; then py=python3; fi; \
+	if [ -z "$$py" ]; then $(MAKE) install && py=$(PY); fi; \
+	echo "timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $$py bench/gpu_check.py"; \
+	timeout --kill-after=10 $(GPU_CHECK_TIMEOUT_S) $$py bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

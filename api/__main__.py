@@ -4,7 +4,8 @@ Each setting (``api/settings.py``) has a flag, ``--max-batch-size 8`` for ``max_
 flags override ``DETECTOR_*`` environment variables, which override the defaults.
 
 Process-wide settings are applied here, at startup, not by ``create_app``: malloc keeps freed
-memory on the CPU (``keep_freed_memory``) and Pillow's own bomb guard admits what ``max_pixels`` admits.
+memory on the CPU (``keep_freed_memory``), cuDNN picks its algorithms by timing them on CUDA
+(``cudnn_benchmark``) and Pillow's own bomb guard admits what ``max_pixels`` admits.
 
 SIGTERM (or Ctrl-C): readiness turns 503, the listening socket closes, requests in flight finish and
 queued ones are served for up to ``shutdown_timeout_s``; those left then (a forward pass stuck) get 503,
@@ -96,6 +97,10 @@ def configure_process(settings: Settings) -> None:
 
     if settings.keep_freed_memory:
         memory.keep_freed_memory_for(settings.device)
+    if settings.cudnn_benchmark and settings.device.startswith("cuda"):
+        import torch
+
+        torch.backends.cudnn.benchmark = True
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < settings.max_pixels:
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
 

@@ -5,6 +5,10 @@ waiting item, gathers more for up to ``max_wait_ms`` after that item arrived (at
 ``max_batch_size`` in all), and runs ``fn(items)`` in a dedicated thread so the event loop stays
 free. While a batch runs, the next one gathers in the queue.
 
+With a ``key`` (the padded size an image runs at), a batch holds items of one key only: the model runs
+one forward pass per padded size, so a batch of mixed sizes would be several small passes. An item of
+another key is held back, in order, and starts the next batch (``key=None``: any items batch together).
+
 Serial traffic does not wait: once a forward pass ran a single item and nobody had queued behind it
 by its end, requests are coming one at a time (a client at concurrency 1), and a lone item starts
 at once instead of waiting ``max_wait_ms`` for company that does not come. The first pass that has
@@ -17,7 +21,14 @@ Failure handling, per request:
 - an item whose forward pass has run ``forward_timeout_s`` is answered ``ForwardTimeout`` (the pass,
   which a thread cannot be made to abandon, goes on; ``stalled`` says so, for the readiness probe);
 - if ``fn`` raises on a batch of several, each item is run alone, so only the item that breaks it
-  fails (``BatchFailed``) and the others still get their results; the worker keeps serving.
+  fails (``BatchFailed``) and the others still get their results; the worker keeps serving. The retry
+  starts once the failed pass's exception is gone: its traceback holds the pass's frames, and their
+  tensors would stay allocated through the retry;
+- an item that runs out of memory alone (``detector.device_errors.is_out_of_memory``) is answered
+  ``OutOfMemory``, with a retry hint: the device is fine, only busy;
+- a CUDA error that leaves the device unusable (``is_fatal_device_error``: an illegal memory access, a
+  device-side assert) fails its batch, every queued item and every later one (``DeviceFailed``), and
+  ``failed`` says why, for the health probes: only a new process recovers.
 
 Closing (``close(timeout_s)``) refuses new items and serves the queued ones for at most ``timeout_s``;
 then every item left, the running batch's included, is answered ``BatcherClosed``, and ``close`` returns
@@ -34,10 +45,14 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from detector.device_errors import is_fatal_device_error, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +86,20 @@ class BatcherClosed(BatcherError):
     pass
 
 
+class OutOfMemory(BatcherError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the model ran out of memory (the server is busy); retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeviceFailed(BatcherError):
+    """The model's device failed for good (``Batcher.failed`` says why): the process must be restarted."""
+
+
+# How a forward pass failed (``Batcher._attempt``).
+_FAILED, _OUT_OF_MEMORY, _DEVICE_FAILED = "failed", "out of memory", "device failed"
+
+
 class BatchObserver(Protocol):
     """What the batcher reports (``api/metrics.py`` implements it for Prometheus)."""
 
@@ -92,6 +121,7 @@ class _Pending:
     future: asyncio.Future
     enqueued_at: float
     deadline: float
+    key: Hashable = None  # Batcher.key of the item
     started: bool = False
     started_at: float = math.inf  # when its (latest) forward pass began
 
@@ -114,6 +144,7 @@ class Batcher(Generic[T, R]):
         timeout_s: float = math.inf,
         forward_timeout_s: float = math.inf,
         observer: BatchObserver | None = None,
+        key: Callable[[T], Hashable] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_wait_ms < 0 or timeout_s <= 0 or forward_timeout_s <= 0:
             raise ValueError(
@@ -127,6 +158,9 @@ class Batcher(Generic[T, R]):
         self.timeout_s = timeout_s
         self.forward_timeout_s = forward_timeout_s
         self.observer = observer
+        self.key = key
+        self._held: deque[_Pending] = deque()  # taken from the queue for a batch of another key: served first
+        self._stop_seen = False  # close's _Stop was taken from the queue: nothing more will come
         self._queue: asyncio.Queue[_Pending | _Stop] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -136,6 +170,7 @@ class Batcher(Generic[T, R]):
         # One thread: one forward at a time, always on the same thread (CUDA streams, thread-locals).
         self._thread = _DaemonThread("detector-forward")
         self._closing: asyncio.Future | None = None
+        self.failed: str | None = None  # why the device failed for good (a fatal CUDA error), for the log
 
     def start(self) -> None:
         """Start the worker; call from the event loop that will ``submit``."""
@@ -159,23 +194,24 @@ class Batcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         """Requests waiting for the model (not counting the batch running now)."""
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     def ensure_room(self, ahead: int = 0) -> None:
         """Raise now what ``submit`` would raise at once, so a caller can refuse before costly work
         (decoding an image) rather than after it. ``ahead``: items the caller holds that will be
         submitted before this one (requests waiting to be decoded); they count toward the queue."""
-        if self._closed or self._task is None:
-            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
-        if self._queue.qsize() + ahead >= self.queue_size:
+        self._refuse_if_closed()
+        if self.depth + ahead >= self.queue_size:
             raise QueueFull(self._retry_after_s(ahead))
 
     async def submit(self, item: T) -> BatchOutcome[R]:
         """Queue ``item`` and wait for its result; raises a ``BatcherError`` when it cannot be served."""
-        if self._closed or self._task is None:
-            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+        self._refuse_if_closed()
         now = time.monotonic()
-        pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s)
+        key = self.key(item) if self.key is not None else None
+        pending = _Pending(item, asyncio.get_running_loop().create_future(), now, now + self.timeout_s, key)
+        if self.depth >= self.queue_size:  # the items held back count too
+            raise QueueFull(self._retry_after_s())
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -185,6 +221,17 @@ class Batcher(Generic[T, R]):
         except asyncio.CancelledError:  # the client went away: do not run its item
             pending.future.cancel()
             raise
+
+    def _refuse_if_closed(self) -> None:
+        if self.failed is not None:
+            raise DeviceFailed("the model's device failed; the server must be restarted")
+        if self._closed or self._task is None:
+            raise BatcherClosed("the server is shutting down" if self._closed else "the batcher is not started")
+
+    async def run_on_forward_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the thread that runs the forward passes (a warm-up: CUDA's and cuDNN's state is
+        per thread), one at a time with them."""
+        return await asyncio.wrap_future(self._thread.submit(fn, *args))
 
     async def _outcome(self, pending: _Pending) -> BatchOutcome[R]:
         """``pending``'s result: while it waits, until its queue deadline; once its forward pass has begun,
@@ -243,49 +290,62 @@ class Batcher(Generic[T, R]):
         self._thread.stop()
 
     def _retry_after_s(self, ahead: int = 0) -> int:
-        batches_ahead = math.ceil((self._queue.qsize() + ahead) / self.max_batch_size)
+        batches_ahead = math.ceil((self.depth + ahead) / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._mean_run_s))
 
     async def _work(self) -> None:
         batch: list[_Pending] = []
         try:
-            stop = False
-            while not stop:
-                batch, stop = await self._gather()
+            while not (self._stop_seen and not self._held):
+                batch = await self._gather()
                 if batch:
                     await self._run(batch)
-                    self._serial = len(batch) == 1 and self._queue.empty()
+                    self._serial = len(batch) == 1 and self.depth == 0
         finally:  # stopped, or cancelled mid-batch as the loop closes: nobody may wait forever
+            batch.extend(self._held)
+            self._held.clear()
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             for pending in batch:
                 if isinstance(pending, _Pending):
                     _fail(pending, BatcherClosed("the server is shutting down"))
 
-    async def _gather(self) -> tuple[list[_Pending], bool]:
-        """Wait for one live item, then take more until the batch is full or its wait is over (at
-        once, while the traffic is serial)."""
+    async def _gather(self) -> list[_Pending]:
+        """Wait for one live item (the oldest held back first), then take more of its key until the batch
+        is full or its wait is over (at once, while the traffic is serial). Items of another key are held
+        back, in order, for the next batches."""
         batch: list[_Pending] = []
+        held, self._held, skipped = self._held, deque(), []
         gather_until = math.inf
-        while len(batch) < self.max_batch_size:
-            if self._queue.empty():
-                remaining = gather_until - time.monotonic()
-                if remaining <= 0 or (batch and self._serial):
-                    break
-                try:
-                    entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)
-                except asyncio.TimeoutError:
-                    break
-            else:
-                entry = self._queue.get_nowait()
-            if isinstance(entry, _Stop):
-                return batch, True
-            if self._is_live(entry):
+        try:
+            while len(batch) < self.max_batch_size:
+                if held:
+                    entry = held.popleft()
+                elif self._queue.empty():
+                    remaining = gather_until - time.monotonic()
+                    if self._stop_seen or remaining <= 0 or (batch and self._serial):
+                        break
+                    try:
+                        entry = await asyncio.wait_for(self._queue.get(), None if math.isinf(remaining) else remaining)
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    entry = self._queue.get_nowait()
+                if isinstance(entry, _Stop):
+                    self._stop_seen = True  # what is held back is still served
+                    continue
+                if not self._is_live(entry):
+                    continue
+                if batch and entry.key != batch[0].key:
+                    skipped.append(entry)
+                    continue
                 batch.append(entry)
                 # The window starts when the first item arrived: items that already waited
                 # behind a running batch do not wait again.
                 gather_until = min(gather_until, entry.enqueued_at + self.max_wait_ms / 1000)
-        return batch, False
+        finally:
+            self._held = deque([*skipped, *held, *self._held])
+        return batch
 
     def _is_live(self, pending: _Pending) -> bool:
         if pending.future.done():  # cancelled: timed out or the client left
@@ -296,19 +356,24 @@ class Batcher(Generic[T, R]):
         return True
 
     async def _run(self, batch: list[_Pending]) -> None:
+        if self.failed is not None:  # queued before the device failed: it would fail again
+            for pending in batch:
+                _fail(pending, self._error(_DEVICE_FAILED))
+            return
         started = time.monotonic()
         for pending in batch:
             pending.started, pending.started_at = True, started
             if self.observer is not None:
                 self.observer.observe_queue_wait(started - pending.enqueued_at)
-        try:
-            values = await self._call([p.item for p in batch])
-        except Exception:
-            logger.exception("a batch of %d failed", len(batch))
-            if len(batch) == 1:
-                _fail(batch[0], BatchFailed("inference failed for this image"))
-                return
-            await self._run_alone(batch)
+        values, failure = await self._attempt([p.item for p in batch])
+        # Here, not in an ``except`` block: the failed pass's exception and the tensors its traceback's frames
+        # hold are gone before anything else runs on the device.
+        if failure is not None:
+            if failure != _DEVICE_FAILED and len(batch) > 1:
+                await self._run_alone(batch)
+            else:
+                for pending in batch:
+                    _fail(pending, self._error(failure))
             return
         run_s = time.monotonic() - started
         self._mean_run_s = 0.9 * self._mean_run_s + 0.1 * run_s
@@ -321,19 +386,45 @@ class Batcher(Generic[T, R]):
     async def _run_alone(self, batch: list[_Pending]) -> None:
         """After a failed batch: one item at a time, so one bad item fails only itself."""
         for pending in batch:
+            if self.failed is not None:
+                _fail(pending, self._error(_DEVICE_FAILED))
+                continue
             started = time.monotonic()
             pending.started_at = started
-            try:
-                (value,) = await self._call([pending.item])
-            except Exception:
-                logger.exception("an item failed on its own")
-                _fail(pending, BatchFailed("inference failed for this image"))
+            values, failure = await self._attempt([pending.item], alone=True)
+            if failure is not None:
+                _fail(pending, self._error(failure))
                 continue
             run_s = time.monotonic() - started
             if self.observer is not None:
                 self.observer.observe_batch(1, run_s)
             if not pending.future.done():
-                pending.future.set_result(BatchOutcome(value, started - pending.enqueued_at, run_s, 1))
+                pending.future.set_result(BatchOutcome(values[0], started - pending.enqueued_at, run_s, 1))
+
+    async def _attempt(self, items: list[T], alone: bool = False) -> tuple[Sequence[R] | None, str | None]:
+        """(``fn(items)``'s results, None), or (None, how it failed): the exception itself is logged and
+        dropped here. A fatal device error marks the batcher ``failed``."""
+        try:
+            return await self._call(items), None
+        except Exception as exc:
+            what = "an item failed on its own" if alone else f"a batch of {len(items)} failed"
+            if is_fatal_device_error(exc):
+                self.failed, failure = f"{type(exc).__name__}: {exc}", _DEVICE_FAILED
+                logger.critical("%s: the device failed; every later request fails until a restart", what, exc_info=True)
+            else:
+                failure = _OUT_OF_MEMORY if is_out_of_memory(exc) else _FAILED
+                logger.exception(what)
+            # The frames of the failed pass keep its tensors (device memory) for as long as the exception
+            # lives, and a log handler may keep it: their locals go now (the text of the traceback stays).
+            traceback.clear_frames(exc.__traceback__)
+            return None, failure
+
+    def _error(self, failure: str) -> BatcherError:
+        if failure == _DEVICE_FAILED:
+            return DeviceFailed("the model's device failed; the server must be restarted")
+        if failure == _OUT_OF_MEMORY:
+            return OutOfMemory(self._retry_after_s())
+        return BatchFailed("inference failed for this image")
 
     async def _call(self, items: list[T]) -> Sequence[R]:
         self._forward_since = time.monotonic()
@@ -371,16 +462,20 @@ class _DaemonThread:
 
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
-            future, fn, args = call
-            if not future.set_running_or_notify_cancel():
-                continue
-            self.running = True
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the awaiting request, which logs it
-                future.set_exception(exc)
-            finally:
-                self.running = False
+            self._run_one(*call)
+            del call  # not held while waiting for the next: a failed call's exception holds its frames' tensors
+
+    def _run_one(self, future: Future, fn: Callable, args: tuple) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        self.running = True
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the awaiting request, which logs it
+            future.set_exception(exc)
+            future = None  # this frame is in exc's traceback: no cycle through the future (exc freed by refcount)
+        finally:
+            self.running = False
 
 
 def _fail(pending: _Pending, error: BatcherError) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.batcher import BatcherClosed, BatcherError, BatchFailed, DeadlineExceeded, QueueFull
+from api.batcher import (BatcherClosed, BatcherError, BatchFailed, DeadlineExceeded, DeviceFailed, OutOfMemory,
+                         QueueFull)
 from api.decode import ImageError, ImageTooLarge, UnsupportedImage, WorkSlots, decode_image
 from api.metrics import Metrics
 from api.schemas import DetectOptions
@@ -46,6 +47,14 @@ class Service:
     def __post_init__(self) -> None:
         self.slots = WorkSlots(self.settings.decode_concurrency)
 
+    @property
+    def failure(self) -> str | None:
+        """Why this process cannot serve until it is restarted, for the log: the model failed to load, or
+        its device failed (a CUDA error that every later forward pass would repeat). None when healthy."""
+        if self.load_error is not None:
+            return self.load_error
+        return self.batcher.failed if self.batcher is not None else None
+
     def drain(self) -> None:
         """Shutting down: readiness fails at once; the batcher goes on serving, for ``shutdown_timeout_s``
         at most, then every request still waiting for the model gets 503 (``Batcher.abandon``). Safe from
@@ -59,8 +68,8 @@ class Service:
             self.loop.call_later(self.settings.shutdown_timeout_s, self.batcher.abandon)
 
 
-# What a client is told when the model failed to load: the reason (a server path, an exception's text)
-# is for the operator, in the server log.
+# What a client is told when the model failed to load or its device failed: the reason (a server path, an
+# exception's text) is for the operator, in the server log.
 LOAD_FAILED = "failed: see the server log"
 
 
@@ -72,7 +81,7 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def get_ready_service(service: ServiceDep) -> Service:
-    if service.load_error is not None:
+    if service.failure is not None:
         raise HTTPException(503, LOAD_FAILED)
     if not service.ready:
         raise HTTPException(503, "loading", headers={"Retry-After": "5"})
@@ -135,8 +144,12 @@ def http_error(exc: ImageError | BatcherError) -> HTTPException:
     """The status for each way an image or a request can fail below the HTTP layer."""
     if isinstance(exc, QueueFull):
         return HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, OutOfMemory):
+        return HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, BatcherClosed):
         return HTTPException(503, str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, DeviceFailed):  # no Retry-After: this process will not recover; its orchestrator restarts it
+        return HTTPException(503, str(exc))
     if isinstance(exc, DeadlineExceeded):
         return HTTPException(504, str(exc))
     if isinstance(exc, BatchFailed):

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,8 +26,6 @@ from detector.predictor import Predictor
 from detector.weights.catalogue import sha256_of
 
 logger = logging.getLogger(__name__)
-
-_WARMUP_IMAGE_HW = (480, 640)  # a typical photo's shape; the first forward allocates and tunes kernels
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
@@ -81,8 +78,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _load(service: Service) -> None:
-    """Load the model unless the app was given one, warm it up, start the batcher, turn ready."""
-    settings, predictor = service.settings, service.predictor
+    """Load the model unless the app was given one, warm it up on the batcher's forward thread, start the
+    batcher, turn ready."""
+    settings, predictor, batcher = service.settings, service.predictor, None
     try:
         if predictor is None:
             what = settings.preset or settings.weights or "the default preset"
@@ -94,8 +92,22 @@ async def _load(service: Service) -> None:
             service.weights_sha256 = predictor.weights_sha256
         elif predictor.weights_path is not None:
             service.weights_sha256 = await asyncio.to_thread(sha256_of, Path(predictor.weights_path))
-        await asyncio.to_thread(predictor.predict, [np.zeros((*_WARMUP_IMAGE_HW, 3), np.uint8)])
+        batcher = Batcher(
+            predictor.predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            queue_size=settings.queue_size,
+            timeout_s=settings.request_timeout_s,
+            forward_timeout_s=settings.forward_timeout_s,
+            observer=service.metrics,
+            key=predictor.padded_size if settings.batch_by_size else None,
+        )
+        # On the thread that will serve (CUDA's and cuDNN's state is per thread), at the largest batch on a GPU.
+        for images in predictor.warm_up_batches(settings.max_batch_size):
+            await batcher.run_on_forward_thread(predictor.predict, images)
     except Exception as exc:
+        if batcher is not None:
+            batcher.abandon()
         # Logged once, with the file and the reason; the probes only say "failed: see the server log".
         # A ValueError is ours and names the file (no traceback needed); anything else gets its traceback.
         service.load_error = f"{type(exc).__name__}: {exc}"
@@ -103,15 +115,6 @@ async def _load(service: Service) -> None:
                      settings.weights or "the preset's built-in weights", service.load_error,
                      exc_info=not isinstance(exc, ValueError))
         return
-    batcher = Batcher(
-        predictor.predict,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        queue_size=settings.queue_size,
-        timeout_s=settings.request_timeout_s,
-        forward_timeout_s=settings.forward_timeout_s,
-        observer=service.metrics,
-    )
     batcher.start()
     service.metrics.track_queue_depth(lambda: batcher.depth)
     service.predictor, service.batcher = predictor, batcher

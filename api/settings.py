@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     # Applied by python -m api at startup (process-wide), not by create_app.
     keep_freed_memory: bool = Field(True, description=FLAG_HELP)
+    # cuDNN times its algorithms for each new input shape and keeps the fastest: it pays where shapes repeat
+    # (batch_by_size, few image sizes) and costs a timing run at every new one otherwise.
+    cudnn_benchmark: bool = Field(False, description="on a CUDA device, let cuDNN time and pick its convolution "
+                                  "algorithms per input shape (torch.backends.cudnn.benchmark)")
 
     # Batching: a GPU forward of 4 images costs little more than one; 10 ms of waiting is small
     # next to a forward pass (tens of ms), is not paid when the server is already busy, nor by
@@ -43,6 +47,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, le=256, description="most images in one forward pass")
     max_wait_ms: float = Field(10.0, ge=0, description="longest a request waits for others to batch with")
     queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it: 503")
+    # The model runs one forward pass per padded size in a batch: batching by size makes each batch one pass
+    # (at the cost of waiting for company of one's own size). Off by default; bench/gpu_check.py measures it.
+    batch_by_size: bool = Field(False, description="batch only images of one padded size together (one forward pass a batch)")
     request_timeout_s: float = Field(30.0, gt=0, description="longest a request may wait in the queue")
     # A forward pass cannot be stopped from outside; past this, its requests get 504 and /readyz 503
     # (so that an orchestrator restarts the process) until it ends. 45 s: a large model, batch and image

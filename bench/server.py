@@ -10,8 +10,9 @@ default batching, then batching off). ``--threads N`` gives the spawned servers 
 N torch threads (default: torch's default in both). Only loopback URLs are accepted: this is a
 benchmark of one's own service, not a load test of somebody else's.
 
-At each concurrency level C, C clients send one image each, back to back, until ``--requests`` answers
-have come back or ``--max-seconds`` have passed (then in-flight requests finish, none start). It reports
+At each concurrency level C, C clients send one image each, back to back (the images of ``--image-sizes``
+in turn, when several are given: a batch of images of different padded sizes runs as several forward
+passes, which one size would hide), until ``--requests`` answers have come back or ``--max-seconds`` have passed (then in-flight requests finish, none start). It reports
 requests/s, latency percentiles (p50/p95/p99, of answered requests), errors by status, and the batch
 sizes the service formed meanwhile (from the ``detector_batch_size`` histogram of /metrics, before and
 after). After the level at concurrency 1 it compares the server with the engine alone, in this
@@ -82,6 +83,17 @@ def synthetic_jpeg(height: int, width: int, seed: int = 0) -> bytes:
     out = io.BytesIO()
     Image.fromarray(image).save(out, format="JPEG", quality=90)
     return out.getvalue()
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """"480x640" -> (480, 640): height x width."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 480x640") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides must be positive")
+    return height, width
 
 
 def parse_batch_histogram(text: str) -> dict:
@@ -252,9 +264,10 @@ async def server_over_engine(client: httpx.AsyncClient, url: str, body: bytes, p
 # ---- the sweep
 
 
-async def run_level(client: httpx.AsyncClient, url: str, body: bytes, concurrency: int, requests: int,
+async def run_level(client: httpx.AsyncClient, url: str, bodies: list[bytes], concurrency: int, requests: int,
                     max_seconds: float, params: dict, headers: dict) -> dict:
-    """Send ``requests`` POST /detect (at most ``max_seconds``) from ``concurrency`` clients."""
+    """Send ``requests`` POST /detect (at most ``max_seconds``) from ``concurrency`` clients, the ``bodies``
+    in turn."""
     latencies, statuses = [], Counter()
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -263,6 +276,7 @@ async def run_level(client: httpx.AsyncClient, url: str, body: bytes, concurrenc
     async def client_loop() -> None:
         nonlocal sent
         while sent < requests and time.perf_counter() < deadline:
+            body = bodies[sent % len(bodies)]
             sent += 1
             t = time.perf_counter()
             try:
@@ -290,7 +304,7 @@ async def run_level(client: httpx.AsyncClient, url: str, body: bytes, concurrenc
     }
 
 
-async def sweep(url: str, body: bytes, args: argparse.Namespace) -> dict:
+async def sweep(url: str, bodies: list[bytes], args: argparse.Namespace) -> dict:
     """Every concurrency level against ``url``; the engine alone after the level at concurrency 1."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     params = {"masks": args.masks, "score_threshold": args.score_threshold}
@@ -306,18 +320,19 @@ async def sweep(url: str, body: bytes, args: argparse.Namespace) -> dict:
         # Loaded before the sweep: loading is CPU work, which must not overlap the server's.
         engine = Engine(model, args.weights, args.threads) if args.engine_runs > 0 else None
         for _ in range(args.warmup):
-            await client.post(f"{url}/detect", content=body, params=params,
-                              headers={"Content-Type": "image/jpeg", **headers})  # fmt: skip
+            for body in bodies:
+                await client.post(f"{url}/detect", content=body, params=params,
+                                  headers={"Content-Type": "image/jpeg", **headers})  # fmt: skip
         for concurrency in args.concurrency:
             before = await _batch_histogram(client, url, headers)
-            row = await run_level(client, url, body, concurrency, args.requests, args.max_seconds, params, headers)
+            row = await run_level(client, url, bodies, concurrency, args.requests, args.max_seconds, params, headers)
             after = await _batch_histogram(client, url, headers)
             if before is not None and after is not None:
                 row.update(batch_sizes_between(before, after))
             result["rows"].append(row)
             print(format_row(row), flush=True)
             if concurrency == 1 and engine is not None:
-                pairs = server_over_engine(client, url, body, params, headers, engine, args.engine_runs)
+                pairs = server_over_engine(client, url, bodies[0], params, headers, engine, args.engine_runs)
                 result["engine"] = await pairs
                 print(format_engine(result["engine"]), flush=True)
     return result
@@ -354,6 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="requests sent before the sweep, not counted")
     p.add_argument("--image", type=Path, help="a JPEG to send (default: a synthetic one of --image-size)")
     p.add_argument("--image-size", nargs=2, type=int, default=[480, 640], metavar=("H", "W"))
+    p.add_argument("--image-sizes", nargs="+", type=image_size, metavar="HxW",
+                   help="synthetic JPEGs of these sizes, sent in turn (instead of --image-size)")
     p.add_argument("--masks", default=DEFAULT_MASK_FORMAT, choices=MASK_FORMATS)
     p.add_argument("--score-threshold", type=float, default=0.5, help="sent with each request (the API's default)")
     p.add_argument("--api-key", help="bearer key, when the service has DETECTOR_API_KEYS set")
@@ -380,22 +397,26 @@ def main(argv: list[str] | None = None) -> int:
             check_loopback(args.url)
         except ValueError as exc:
             p.error(str(exc))
-    body = args.image.read_bytes() if args.image else synthetic_jpeg(*args.image_size)
+    if args.image:
+        bodies, image = [args.image.read_bytes()], str(args.image)
+    else:
+        sizes = args.image_sizes or [tuple(args.image_size)]
+        bodies = [synthetic_jpeg(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+        image = ", ".join(f"synthetic {h}x{w} JPEG" for h, w in sizes)
     runs = []
     try:
         for server_args in args.spawn or [None]:
             if server_args is None:
                 print(f"{args.url}\n{HEADER}", flush=True)
-                runs.append({"server_args": None, **asyncio.run(sweep(check_loopback(args.url), body, args))})
+                runs.append({"server_args": None, **asyncio.run(sweep(check_loopback(args.url), bodies, args))})
                 continue
             with spawned(server_args, args.threads, args.ready_timeout_s) as url:
                 print(f"python -m api {server_args}  ({url})\n{HEADER}", flush=True)
-                runs.append({"server_args": server_args, **asyncio.run(sweep(url, body, args))})
+                runs.append({"server_args": server_args, **asyncio.run(sweep(url, bodies, args))})
     except (RuntimeError, ValueError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    image = str(args.image) if args.image else f"synthetic {args.image_size[0]}x{args.image_size[1]} JPEG"
     args.json.write_text(json.dumps({"image": image, "runs": runs}, indent=1))
     print(f"wrote {args.json}")
     return 0

@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         memory.keep_freed_memory_for(args.device)
     from detector.distributed import finish, init_distributed
 
-    ctx, _ = init_distributed(backend="gloo")  # gloo: the results gathered are Python objects on the CPU
+    # gloo: the results gathered are Python objects on the CPU. Under torchrun with --device cuda, each
+    # process predicts on its own GPU, cuda:LOCAL_RANK.
+    ctx, device = init_distributed(args.device, backend="gloo")
+    args.device = str(device)
     try:
         return _run(args, ctx)
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,8 @@ from detector.mask_paste import mask_windows
 from detector.modeling.poolers import RoIAlignThreads
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.rcnn import RCNN, build_model
-from detector.modeling.speeds import SPEEDS
+from detector.modeling.speeds import SPEEDS, InferenceOptions
+from detector.modeling.transform import padded_size, resized_size
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.builtin import builtin_weights
@@ -37,6 +39,8 @@ class Predictor:
     rounding; "bf16" adds bfloat16 autocast, approximate, and fast only on bf16 hardware. The fast modes
     run an optimised copy: ``self.model`` stays the model as given (to save, or to go on training); the
     copy holds new tensors only where it changes them (folded convs, other layouts) and shares the rest.
+    On a GPU the copy is built on the CPU and moved: ``self.model``'s tensors that it replaced stay on the
+    CPU, so that the GPU holds each weight once.
 
     On the CPU it owns the threads that split RoIAlign across cores (``poolers.RoIAlignThreads``), lent
     to its model only while it predicts; ``close()``, the end of a ``with`` block, or the Predictor's
@@ -57,14 +61,23 @@ class Predictor:
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {tuple(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.speed = speed
         if speed == "bf16":
             from detector.modeling.kernels import bf16_is_fast  # only this mode asks torch's private ops
 
             if not bf16_is_fast(self.device):
                 log.warning("speed='bf16' on %s without native bf16: it is emulated, far slower than 'fast'", self.device)
-        self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(SPEEDS[speed]))
+        options = inference_options(speed, self.device)
+        if speed == "exact" or self.device.type == "cpu":
+            self.model = model.to(self.device).eval()
+            self._net = self.model if speed == "exact" else self.model.optimize_for_inference(**vars(options))
+        else:
+            # Built where the model is (the CPU, where its file was read), then moved: the copy's tensors go to
+            # the device (those it shares with the model move for both: Module.to moves parameters in place),
+            # and the tensors the copy replaced (the convs before folding) stay on the CPU. Each weight is on
+            # the device once (twice only for a model given on the device already).
+            self.model = model.eval()
+            self._net = model.optimize_for_inference(**vars(options)).to(self.device)
         self._roi_threads = RoIAlignThreads()  # used on the CPU only, made on first use
         weakref.finalize(self, self._roi_threads.close)
         self.name = name
@@ -116,17 +129,36 @@ class Predictor:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of ``images`` (HWC uint8 RGB), on the CPU: one forward pass per padded size among them
-        (``RCNN.predict``), so each image gets what it gets alone."""
+        (``RCNN.predict``), so each image gets what it gets alone. The images go to the device as uint8 (a
+        quarter of float32's bytes) and are resized and normalised there."""
         tensors = []
         for i, image in enumerate(images):
             if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
                 raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {desc}")
-            tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1).to(self.device))
+            tensors.append(to_device(image, self.device))
         if not tensors:
             return []
         with self._roi_threads.active():
             return [d.to("cpu") for d in self._net.predict(tensors)]
+
+    def padded_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The padded (H, W) ``image`` (HxWx3) runs at: ``predict`` runs one forward pass per padded size
+        among its images, so a batcher that gathers images of one padded size runs one pass per batch."""
+        cfg = self.model.cfg.input
+        return padded_size(resized_size(image.shape[0], image.shape[1], cfg.min_size, cfg.max_size),
+                           cfg.size_divisible)
+
+    def warm_up_batches(self, max_batch_size: int) -> list[list[np.ndarray]]:
+        """The batches to run once before serving, on the thread that will serve (CUDA's and cuDNN's state
+        is per thread): on the CPU one photo-sized image (the allocator's arena, the thread pools); on a GPU
+        ``max_batch_size`` images in each orientation, so that the largest batch's memory is reserved (an
+        out-of-memory shows at startup, not at the first busy minute) and the kernels of both shapes are
+        loaded."""
+        if self.device.type == "cpu":
+            return [[np.zeros((*WARM_UP_SIZE, 3), np.uint8)]]
+        height, width = WARM_UP_SIZE
+        return [[np.zeros((h, w, 3), np.uint8)] * max_batch_size for h, w in ((height, width), (width, height))]
 
     def close(self) -> None:
         """End the threads this Predictor owns now rather than at its collection (a later predict makes
@@ -161,6 +193,29 @@ class Predictor:
                 if has:
                     item["keypoints"] = [[round(x, 2), round(y, 2), round(s, 3)] for x, y, s in kps]
         return {"width": width, "height": height, "detections": items}
+
+
+WARM_UP_SIZE = (480, 640)  # a typical photo's (H, W)
+
+
+def inference_options(speed: str, device: torch.device) -> InferenceOptions:
+    """``SPEEDS[speed]`` for ``device``: NNPACK is a CPU kernel, so elsewhere it is off. Left on, its only
+    effect on a GPU would be its side effect: the 3x3 convs' weights kept in NCHW for it, which cuDNN then
+    reorders at every call against the channels-last activations."""
+    options = SPEEDS[speed]
+    return options if device.type == "cpu" else replace(options, nnpack=False)
+
+
+def to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An HxWx3 uint8 image -> a (3, H, W) uint8 tensor on ``device`` (a view of a HWC tensor). To a GPU
+    through page-locked memory, copied without blocking: the copy overlaps the work queued before it on the
+    stream, which orders it before the kernels that read it."""
+    tensor = torch.from_numpy(np.array(image, copy=not image.flags.writeable))  # (H, W, 3), shares a writeable array
+    if device.type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:
+        tensor = tensor.to(device)
+    return tensor.permute(2, 0, 1)
 
 
 def mask_polygons(det: Detections) -> list[list[list[float]]]:

@@ -1,7 +1,9 @@
 """GET /healthz (the process is alive) and GET /readyz (it can take traffic); never behind a key.
 
 Open to anyone, so they say only "ok", "ready", "loading", "shutting down", "stalled" or "failed: see
-the server log": why the model failed to load (its path, the exception) is in the log, not here."""
+the server log": why the model failed to load (its path, the exception), or why its device failed (a CUDA
+error), is in the log, not here. Both probes fail once the device failed, so that an orchestrator restarts
+the process: every later forward pass would fail too."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthResponse, responses=errors(503))
 async def healthz(service: ServiceDep) -> HealthResponse:
-    """Alive: the event loop answers. 503 only if the model failed to load (restart to retry)."""
-    if service.load_error is not None:
+    """Alive: the event loop answers. 503 only if the model failed to load or its device failed (restart
+    to retry)."""
+    if service.failure is not None:
         raise HTTPException(503, LOAD_FAILED)
     return HealthResponse()
 
@@ -25,7 +28,7 @@ async def healthz(service: ServiceDep) -> HealthResponse:
 async def readyz(service: ServiceDep) -> ReadinessResponse:
     """Ready: the model is loaded and warmed up, no forward pass is stuck, and the server is not
     shutting down."""
-    if service.load_error is not None:
+    if service.failure is not None:
         raise HTTPException(503, LOAD_FAILED)
     if service.draining:
         raise HTTPException(503, "shutting down")

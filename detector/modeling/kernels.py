@@ -84,7 +84,10 @@ def fused_conv_available() -> bool:
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bfloat16 convolutions run natively on ``device`` rather than emulated."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Native bf16 from compute capability 8.0 (Ampere) on, on ``device`` itself: not
+        # ``torch.cuda.is_bf16_supported()``, which counts emulation as support and asks the current device.
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(index) >= (8, 0)
     op = private_op("mkldnn_bf16_supported") if device.type == "cpu" else None
     try:
         return op is not None and bool(op())

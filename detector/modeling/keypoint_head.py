@@ -86,8 +86,9 @@ def heatmaps_to_keypoints(heatmaps: Tensor, boxes: Tensor) -> Tensor:
     widths = (boxes[:, 2] - boxes[:, 0]).clamp(min=1)
     heights = (boxes[:, 3] - boxes[:, 1]).clamp(min=1)
     p = heatmaps.shape[1]
-    for i in range(boxes.shape[0]):
-        w, h = int(widths[i].ceil().item()), int(heights[i].ceil().item())
+    # Every box's size in whole pixels, read to the host at once: one device sync, not two per box.
+    sizes = torch.stack([widths.ceil(), heights.ceil()], dim=1).to(torch.int64).tolist()  # [[w, h]] * B
+    for i, (w, h) in enumerate(sizes):
         roi_map = F.interpolate(heatmaps[i][:, None], size=(h, w), mode="bicubic", align_corners=False)[:, 0]
         pos = roi_map.reshape(p, -1).argmax(dim=1)  # (P,)
         x_int, y_int = pos % w, torch.div(pos, w, rounding_mode="floor")

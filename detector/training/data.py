@@ -123,9 +123,11 @@ class EpochBatches(Sampler[list[Key]]):
 
 
 def build_loader(train_set: TrainingSet, batch_size: int, *, workers: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> tuple[DataLoader, EpochBatches]:
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> tuple[DataLoader, EpochBatches]:
     """The loader and the batch sampler whose ``start`` positions it. Under torchrun each process
-    draws its share of every epoch from a DistributedSampler, grouped by orientation within it."""
+    draws its share of every epoch from a DistributedSampler, grouped by orientation within it.
+    ``pin_memory`` (for a CUDA device): the images come in page-locked memory, copied to the GPU without
+    blocking."""
     groups = orientation_groups(train_set.coco.image_size(i) for i in range(len(train_set)))
     outer = None
     if world_size > 1:
@@ -138,6 +140,7 @@ def build_loader(train_set: TrainingSet, batch_size: int, *, workers: int, seed:
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate,
+        pin_memory=pin_memory,
         persistent_workers=workers > 0,  # the items do not depend on worker state, so workers may live on
         # The loader draws a seed for its workers at every epoch: from its own generator, so that the
         # global torch RNG (which the model's sampling uses) sees the same draws in a resumed run.

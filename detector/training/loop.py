@@ -94,9 +94,10 @@ class Trainer:
             logger.warning("--amp needs a CUDA device: training in float32 on %s", self.device)
         seed_everything(cfg.seed + self.dist.rank)
         self.model_cfg, self.train_set = _training_set(model_cfg, cfg)
-        self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann and self.dist.is_main else None
+        self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann else None  # every rank: sharded
         self.loader, self.batches = build_loader(self.train_set, cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                                 rank=self.dist.rank, world_size=self.dist.world_size)
+                                                 rank=self.dist.rank, world_size=self.dist.world_size,
+                                                 pin_memory=self.device.type == "cuda")
         per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
         self.total_iters = cfg.iters or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
         warmup = default_warmup_iters(self.total_iters) if cfg.warmup_iters is None else cfg.warmup_iters
@@ -248,10 +249,12 @@ class Trainer:
             metadata = {MODEL_KEY: model_metadata(self.preset, self.trained_cfg()), "iterations": self.iteration,
                         "min_sizes": list(self.train_set.min_sizes)}
             save_weights(self.model, final, metadata=metadata)
-            if self.val_gt is not None:
-                results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset)
-                atomic_write_text(out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
-                logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))
+        if self.val_gt is not None:  # each rank predicts its share, rank 0 scores
+            results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset,
+                               dist_info=self.dist)
+        if results is not None:
+            atomic_write_text(out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
+            logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))
         dist.barrier(self.dist)
         return TrainResult(self.iteration, self.total_iters, checkpoint, final, results)
 

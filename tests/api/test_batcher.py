@@ -10,12 +10,16 @@ not fail them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
+import torch
 
-from api.batcher import Batcher, BatcherClosed, BatchFailed, DeadlineExceeded, ForwardTimeout, QueueFull
+from api.batcher import (Batcher, BatcherClosed, BatchFailed, DeadlineExceeded, DeviceFailed, ForwardTimeout,
+                         OutOfMemory, QueueFull)
 
 
 class SlowDouble:
@@ -373,3 +377,134 @@ def test_ensure_room_counts_the_requests_the_caller_holds():
         return refused.value.retry_after_s
 
     assert run(main()) >= 1
+
+
+class Activations:
+    """Stands for a forward pass's tensors: what a failed pass's frames hold until its exception goes."""
+
+
+class OutOfMemoryOnBatches:
+    """fn(items): a batch of several runs out of memory (torch's own exception, as CUDA's allocator raises
+    it) while holding ``Activations``; alone, items run, except ``too_big``. Records, at each call, whether
+    the failed pass's activations were still alive."""
+
+    def __init__(self, too_big: object = None) -> None:
+        self.too_big = too_big
+        self.held: list[weakref.ref] = []
+        self.alive_at_call: list[bool] = []
+
+    def __call__(self, items: list) -> list:
+        self.alive_at_call.append(any(ref() is not None for ref in self.held))
+        activations = Activations()  # a local of this frame, as a forward pass's tensors are
+        self.held.append(weakref.ref(activations))
+        if len(items) > 1 or self.too_big in items:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [2 * item for item in items]
+
+
+def test_out_of_memory_retries_alone_after_the_failed_pass_is_freed_and_answers_retry_later():
+    fn = OutOfMemoryOnBatches(too_big=3)
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=100)
+        results = await asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3)), return_exceptions=True)
+        after = await batcher.submit(5)
+        await batcher.close()
+        return results, after, batcher
+
+    gc.disable()  # freed by reference counting, as the allocator needs it: not by a later collection
+    try:
+        results, after, batcher = run(main())
+    finally:
+        gc.enable()
+    assert [r.value for r in (results[0], results[1], after)] == [2, 4, 10]
+    assert isinstance(results[2], OutOfMemory) and results[2].retry_after_s >= 1
+    assert fn.alive_at_call == [False, False, False, False, False]  # the batch, 1, 2, 3 alone, then 5
+    assert batcher.failed is None  # out of memory passes: the device is fine
+
+
+def test_without_the_cleanup_the_failed_pass_would_be_alive_at_the_retry():
+    """The check above sees a held pass: an exception kept alive keeps its frames' locals."""
+    fn = OutOfMemoryOnBatches()
+    try:
+        fn([1, 2])
+    except torch.OutOfMemoryError as exc:
+        kept = exc
+    fn([1])
+    assert fn.alive_at_call == [False, True]
+    del kept
+
+
+@pytest.mark.parametrize("error", [
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    if hasattr(torch, "AcceleratorError") else RuntimeError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("CUDA error: device-side assert triggered"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, opa, opb, m, n, k)`"),
+], ids=["accelerator-error", "device-assert", "cublas"])
+def test_a_fatal_device_error_fails_everything_after_it_and_says_why(error):
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        if 1 in items:
+            raise error
+        return [2 * item for item in items]
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=100)
+        results = await asyncio.gather(*(batcher.submit(i) for i in (1, 2)), return_exceptions=True)
+        with pytest.raises(DeviceFailed):
+            batcher.ensure_room()
+        with pytest.raises(DeviceFailed):
+            await batcher.submit(4)
+        await batcher.close()
+        return results, batcher
+
+    results, batcher = run(main())
+    assert [type(r) for r in results] == [DeviceFailed, DeviceFailed]
+    assert calls == [[1, 2]]  # not retried one by one: the device would fail again
+    assert str(error) in batcher.failed
+
+
+def test_with_a_key_a_batch_holds_one_key_and_the_others_wait_their_turn_in_order():
+    fn = SlowDouble(delay_s=0.0)
+    fn.release.clear()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=4, max_wait_ms=50, key=lambda item: item // 10)
+        first = asyncio.ensure_future(batcher.submit(0))  # runs alone, held until released
+        await until(lambda: len(fn.batches) == 1)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (11, 1, 12, 2, 21, 13)]
+        await until(lambda: batcher.depth == 6)
+        fn.release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert [r.value for r in results] == [0, 22, 2, 24, 4, 42, 26]
+    # The oldest waiting item's key first, then the next oldest's: no batch mixes keys, none is out of turn.
+    assert fn.batches == [[0], [11, 12, 13], [1, 2], [21]]
+    assert [r.batch_size for r in results[1:]] == [3, 2, 3, 2, 1, 3]
+
+
+def test_items_held_back_count_toward_the_queue_and_are_served_at_close():
+    fn = SlowDouble(delay_s=0.0)
+    fn.release.clear()
+
+    async def main():
+        batcher = await started(fn, max_batch_size=2, max_wait_ms=0, queue_size=3, key=lambda item: item % 2)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await until(lambda: len(fn.batches) == 1)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await until(lambda: batcher.depth == 3)
+        with pytest.raises(QueueFull):
+            await batcher.submit(5)
+        fn.release.set()
+        closing = asyncio.ensure_future(batcher.close())
+        results = await asyncio.gather(first, *rest)
+        await closing
+        return results
+
+    assert [r.value for r in run(main())] == [0, 2, 4, 6]
+    assert sorted(map(tuple, fn.batches)) == [(0,), (1, 3), (2,)]

@@ -383,3 +383,29 @@ def test_simultaneous_requests_of_mixed_sizes_share_passes_and_each_gets_its_own
         assert (response.json()["width"], response.json()["height"]) == (alone["width"], alone["height"])
         assert response.json()["detections"], "the model finds something at score 0"
         _assert_same_detections(response.json()["detections"], alone["detections"])
+
+
+def test_batching_by_size_serves_images_of_every_size(predictor):
+    """DETECTOR_BATCH_BY_SIZE: concurrent requests of two padded sizes run in batches of one size each."""
+
+    class Recording:
+        def __init__(self, real) -> None:
+            self._real, self.batches = real, []
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def predict(self, images):
+            self.batches.append({self._real.padded_size(i) for i in images})
+            return self._real.predict(images)
+
+    recording = Recording(predictor)
+    with serving(recording, batch_by_size=True, max_wait_ms=300) as client:
+        recording.batches.clear()  # the warm-up's
+        sizes = [(64, 48), (48, 64), (64, 48), (48, 64)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda wh: client.post("/detect", files=as_file(jpeg(*wh))), sizes))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [(a.json()["width"], a.json()["height"]) for a in answers] == sizes
+    assert len({size for batch in recording.batches for size in batch}) == 2  # two padded sizes came
+    assert all(len(batch) == 1 for batch in recording.batches), recording.batches  # never together

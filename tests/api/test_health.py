@@ -1,6 +1,6 @@
 """GET /healthz and GET /readyz: alive at once, ready only once the model is warm, not ready while
-draining, both open without an API key, and a failed load reported without its details (they go to the
-log)."""
+draining, both open without an API key, a failed load or a failed device reported without its details
+(they go to the log); out of memory answers "retry later" and leaves the service ready."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from fastapi.testclient import TestClient
 
@@ -86,3 +87,75 @@ def test_probes_need_no_api_key(predictor):
     with serving(predictor, api_keys=["secret"]) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
+
+
+class FailingPredictor:
+    """The real predictor, whose forward passes raise ``error`` once the test sets it (after the warm-up)."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.error: Exception | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        if self.error is not None:
+            raise self.error
+        return self._real.predict(images)
+
+
+def test_a_fatal_cuda_error_turns_both_probes_red_and_is_logged(predictor, caplog):
+    failing = FailingPredictor(predictor)
+    with caplog.at_level(logging.CRITICAL, logger="api.batcher"), serving(failing) as client:
+        failing.error = RuntimeError("CUDA error: an illegal memory access was encountered")
+        first = client.post("/detect", files=as_file(jpeg()))
+        failing.error = None  # even if the device answered again: its context is gone, restart
+        later = client.post("/detect", files=as_file(jpeg()))
+        ready, health = client.get("/readyz"), client.get("/healthz")
+    assert first.status_code == later.status_code == 503 and "retry-after" not in first.headers
+    for probe in (ready, health):
+        assert probe.status_code == 503 and probe.json() == {"detail": "failed: see the server log"}
+    assert any("illegal memory access" in (r.exc_text or "") for r in caplog.records if r.levelno == logging.CRITICAL)
+
+
+def test_out_of_memory_answers_retry_later_and_the_service_stays_ready(predictor):
+    failing = FailingPredictor(predictor)
+    with serving(failing) as client:
+        failing.error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        refused = client.post("/detect", files=as_file(jpeg()))
+        ready = client.get("/readyz")
+        failing.error = None
+        served = client.post("/detect", files=as_file(jpeg()))
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1, refused.text
+    assert "out of memory" in refused.json()["detail"]
+    assert ready.status_code == 200 and served.status_code == 200
+
+
+class ThreadRecordingPredictor:
+    """The real predictor, recording the thread of each forward pass."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.threads: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def predict(self, images):
+        self.threads.append(threading.current_thread().name)
+        return self._real.predict(images)
+
+    def to_json(self, det, **options):
+        self.encoded_on = threading.current_thread().name
+        return self._real.to_json(det, **options)
+
+
+def test_the_warm_up_runs_on_the_thread_that_serves_and_encoding_off_it(predictor):
+    recording = ThreadRecordingPredictor(predictor)
+    with serving(recording) as client:
+        warm_up = list(recording.threads)
+        assert client.post("/detect", files=as_file(jpeg()), params={"masks": "rle"}).status_code == 200
+    assert len(warm_up) == len(predictor.warm_up_batches(4)) >= 1
+    assert set(recording.threads) == {"detector-forward"}
+    assert recording.encoded_on != "detector-forward"  # masks pasted and RLE-encoded while the next batch runs

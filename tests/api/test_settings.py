@@ -87,3 +87,17 @@ def test_uvicorn_gets_the_concurrency_limit_and_the_graceful_shutdown_bound(monk
     entry._serve(SimpleNamespace(), Settings(**overrides), "warning", on_exit=lambda: None)
     assert seen["config"].limit_concurrency == 7
     assert seen["config"].timeout_graceful_shutdown == 12 + SHUTDOWN_MARGIN_S
+
+
+@pytest.mark.parametrize("device, flag, expected", [("cuda", "true", True), ("cuda:1", "false", False),
+                                                    ("cpu", "true", False)])
+def test_cudnn_benchmark_is_set_at_startup_on_cuda_only_when_asked(monkeypatch, device, flag, expected):
+    import torch
+
+    import api.__main__ as entry
+    from api.settings import Settings
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    overrides, _ = entry.parse_args(["--device", device, "--cudnn-benchmark", flag, "--keep-freed-memory", "false"])
+    entry.configure_process(Settings(**overrides))
+    assert torch.backends.cudnn.benchmark is expected

@@ -40,3 +40,22 @@ def test_compare_counts_matches_by_label_and_iou():
     assert same == {"matched": 1.0, "matched_1px": 1.0, "max_score_diff": 0.0, "max_box_diff_px": 0.0}
     relabelled = [Detections(boxes=boxes, scores=torch.tensor([0.9, 0.7]), labels=torch.tensor([1, 3]))]
     assert compare(ref, relabelled)["matched"] == compare(ref, relabelled)["matched_1px"] == 0.5
+
+
+def test_our_stages_are_timed_with_the_two_syncs_torchvision_gets(monkeypatch):
+    """A sync at every stage hook would slow ours on a GPU and not torchvision's (timed by ``_timed``: one
+    sync before, one after): the stage timer syncs as often, and takes marks in between."""
+    import bench.engine as engine
+    from detector.modeling.presets import small_r18_fpn
+    from detector.modeling.rcnn import build_model
+
+    syncs = []
+    monkeypatch.setattr(engine, "_sync", lambda device: syncs.append(device))
+    model = build_model(small_r18_fpn()).eval()
+    timer = engine.StageTimer(model, torch.device("cpu"))
+    stages, dets = timer.run(lambda: model.predict([torch.rand(3, 64, 96)]))
+    assert len(syncs) == 2 and len(dets) == 1
+    assert set(stages) == {*STAGES, "total"} and stages["backbone"] > 0 and stages["mask"] > 0
+    assert abs(sum(v for k, v in stages.items() if k != "total") - stages["total"]) < 1e-9
+    seconds, _ = engine._timed(lambda: None, torch.device("cpu"))
+    assert len(syncs) == 4  # torchvision's: the same two

@@ -3,6 +3,7 @@ process, and spawned as ``python -m api`` by the bench itself."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import threading
@@ -18,6 +19,7 @@ from bench.server import (
     Engine,
     batch_sizes_between,
     check_loopback,
+    image_size,
     main,
     parse_batch_histogram,
     percentile,
@@ -146,3 +148,20 @@ def test_batch_sizes_from_metrics_deltas():
     assert batch_sizes_between(before, after) == {"forward_passes": 3, "mean_batch": 2.33,
                                                   "passes_by_size": {"<=1": 1, "<=2": 2}}
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and percentile([5.0], 99) == 5.0
+
+
+def test_several_image_sizes_are_sent_in_turn(service_url, tmp_path):
+    """--image-sizes: the images of each size, in turn (a batch of several padded sizes runs as several passes)."""
+    out = tmp_path / "server.json"
+    assert main([service_url, "--concurrency", "1", *TINY, "--requests", "4", "--engine-runs", "0",
+                 "--image-sizes", "48x64", "64x48", "--json", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["image"] == "synthetic 48x64 JPEG, synthetic 64x48 JPEG"
+    assert data["runs"][0]["rows"][0]["ok"] == 4
+
+
+def test_image_sizes_are_height_x_width():
+    assert image_size("480x640") == (480, 640) and image_size("800X1216") == (800, 1216)
+    for bad in ("480", "ax640", "0x640"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            image_size(bad)

@@ -285,3 +285,21 @@ def test_model_results_on_real_coco_images_are_torchvisions(tmp_path, capsys):
     reference_ap = evaluate_coco(load_ground_truth(ann), expected, "bbox").stats["AP"]
     assert reference_ap > 0.05
     assert json.loads(metrics_path.read_text())["bbox"]["AP"] == pytest.approx(reference_ap, abs=1e-9)
+
+
+def test_under_torchrun_each_process_predicts_on_its_own_gpu(dataset, tmp_path, monkeypatch):
+    """--device cuda on the process of local rank 1 loads the model on cuda:1 (init_distributed's device), not
+    on cuda:0 with every other process."""
+    import torch
+
+    from detector import distributed
+
+    ann, coco = dataset
+    write_images(coco, tmp_path / "images")
+    monkeypatch.setattr(distributed, "init_distributed",
+                        lambda device, backend=None: (distributed.DistInfo(), torch.device("cuda", 1)))
+    loaded = []
+    monkeypatch.setattr(eval_cli, "load_predictor", lambda *args: loaded.append(args) or GroundTruthPredictor(coco))
+    assert eval_cli.main(["--model", "stand-in", "--images", str(tmp_path / "images"), "--ann", str(ann),
+                          "--device", "cuda", "--no-keep-freed-memory"]) == 0
+    assert [args[2] for args in loaded] == ["cuda:1"]

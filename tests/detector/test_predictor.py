@@ -72,3 +72,74 @@ def test_from_preset_reports_the_sha256_it_checked_the_file_by(tmp_path):
     predictor = Predictor.from_preset("small_r18_fpn", path, speed="exact")
     assert predictor.weights_sha256 == sha256_of(path) and len(predictor.weights_sha256) == 64
     assert Predictor(build_model(small_r18_fpn()), speed="exact").weights_sha256 is None
+
+
+def _tensors(module):
+    import itertools
+
+    return list(itertools.chain(module.parameters(), module.buffers()))
+
+
+def test_a_fast_predictor_on_another_device_holds_each_weight_there_once():
+    """Built on the CPU, then moved ("meta" stands for a GPU here): the device holds the fast copy's tensors
+    and none of the model's that the copy replaced (the convs before folding)."""
+    model = build_model(small_r18_fpn())
+    predictor = Predictor(model, device="meta", speed="fast")
+    on_device = _tensors(predictor._net)
+    assert all(t.is_meta for t in on_device)
+    copy_params = {id(p) for p in predictor._net.parameters()}
+    # Of the model, only tensors the copy shares may be on the device (on CUDA they are: Module.to moves a
+    # shared Parameter in place; to "meta" it makes new ones, and the model stays on the CPU).
+    assert all(id(p) in copy_params for p in model.parameters() if p.is_meta)
+    assert not model.backbone.conv1.weight.is_meta  # folded with bn1 into a new weight: the original stayed
+
+
+def test_the_fast_mode_off_the_cpu_has_no_nnpack_and_keeps_every_conv_channels_last():
+    import torch
+
+    from detector.modeling.fast_inference import InferenceConv2d
+    from detector.modeling.speeds import SPEEDS
+    from detector.predictor import inference_options
+
+    assert inference_options("fast", torch.device("cpu")) == SPEEDS["fast"]
+    options = inference_options("fast", torch.device("cuda"))
+    assert options == replace(SPEEDS["fast"], nnpack=False)
+    fast = build_model(small_r18_fpn()).optimize_for_inference(**vars(options))
+    convs = [m for m in fast.backbone.modules() if isinstance(m, InferenceConv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert all(c.kernel != "nnpack" for c in convs)
+
+
+def test_images_go_to_the_device_as_uint8_chw_views():
+    import numpy as np
+    import torch
+
+    from detector.predictor import to_device
+
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image.flags.writeable = False  # as a decoded buffer may be
+    tensor = to_device(image, torch.device("cpu"))
+    assert tensor.dtype == torch.uint8 and tensor.shape == (3, 5, 7)
+    assert torch.equal(tensor, torch.from_numpy(image.copy()).permute(2, 0, 1))
+
+
+def test_warm_up_is_one_image_on_the_cpu_and_the_largest_batch_of_each_orientation_elsewhere():
+    model = build_model(small_r18_fpn())
+    assert [[i.shape for i in b] for b in Predictor(model, speed="exact").warm_up_batches(8)] == [[(480, 640, 3)]]
+    batches = Predictor(build_model(small_r18_fpn()), device="meta", speed="exact").warm_up_batches(8)
+    assert [[i.shape for i in b] for b in batches] == [[(480, 640, 3)] * 8, [(640, 480, 3)] * 8]
+
+
+def test_the_padded_size_is_the_one_predict_groups_images_by():
+    import numpy as np
+    import torch
+
+    from detector.modeling.transform import padded_size, preprocess
+
+    predictor = Predictor(build_model(small_r18_fpn()), speed="exact")  # min 256, max 384, multiples of 32
+    cfg = predictor.model.cfg.input
+    for h, w in ((480, 640), (640, 480), (427, 640), (100, 1000)):
+        image = np.zeros((h, w, 3), np.uint8)
+        resized = preprocess(torch.from_numpy(image).permute(2, 0, 1), cfg)
+        assert predictor.padded_size(image) == padded_size(resized.shape[-2:], cfg.size_divisible)
+    assert predictor.padded_size(np.zeros((480, 640, 3), np.uint8)) == (256, 352)

@@ -105,3 +105,22 @@ def test_layout_copies_keep_the_values():
     back = to_nchw(nhwc)
     assert back.is_contiguous() and torch.equal(back, x)
     assert to_nchw(x) is x  # already NCHW: no copy (the exact path calls it)
+
+
+@pytest.mark.parametrize("device, current, expected", [
+    ("cuda:1", 0, True),  # the chosen device is an A100-class one, whatever the current device
+    ("cuda:0", 1, False),  # a V100: bf16 only emulated, though torch.cuda.is_bf16_supported() would say yes
+    ("cuda", 1, True),  # no index: the current device
+    ("cuda", 0, False),
+])
+def test_bf16_is_fast_on_cuda_asks_the_chosen_device_for_native_bf16(monkeypatch, device, current, expected):
+    capability = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+
+    def emulation_counts(including_emulation: bool = True) -> bool:
+        raise AssertionError("is_bf16_supported counts emulation and reads the current device")
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulation_counts)
+    assert kernels.bf16_is_fast(torch.device(device)) is expected

@@ -115,3 +115,19 @@ def test_keypoint_labels_must_be_foreground_labels():
     for labels in [(0,), (NUM_CLASSES,)]:
         with pytest.raises(ValueError, match="keypoint_labels"):
             _heads(labels)
+
+
+def test_keypoint_decoding_is_torchvisions_bit_for_bit():
+    """heatmaps_to_keypoints reads the boxes' sizes to the host once (one device sync, not two per box)
+    and stays torchvision's decoding exactly."""
+    from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as torchvision_decoding
+
+    from detector.modeling.keypoint_head import heatmaps_to_keypoints
+
+    g = torch.Generator().manual_seed(0)
+    heatmaps = torch.randn(7, 17, 56, 56, generator=g)  # (B, P, S, S)
+    corner = torch.rand(7, 2, generator=g) * 300
+    boxes = torch.cat([corner, corner + torch.rand(7, 2, generator=g) * 200 + 0.3], dim=1)  # some under 1 px
+    ours = heatmaps_to_keypoints(heatmaps, boxes)
+    xy, scores = torchvision_decoding(heatmaps, boxes)
+    assert torch.equal(ours[..., :2], xy[..., :2]) and torch.equal(ours[..., 2], scores)

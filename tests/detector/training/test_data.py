@@ -85,3 +85,10 @@ def test_worker_processes_give_the_same_batches(coco) -> None:
         assert len(images_a) == len(images_b) == len(boxes_a) == len(boxes_b) > 0
         assert all(torch.equal(a, b) for a, b in zip(images_a, images_b))
         assert all(torch.equal(a, b) for a, b in zip(boxes_a, boxes_b))
+
+
+def test_the_loader_pins_memory_only_when_asked(coco) -> None:
+    """The trainer asks on CUDA (``pin_memory=device.type == "cuda"``): pinned images, non-blocking copies."""
+    train_set = TrainingSet(coco, small_r18_fpn(), min_sizes=(64,), max_size=100, seed=0)
+    assert build_loader(train_set, batch_size=2, workers=0, seed=0, pin_memory=True)[0].pin_memory
+    assert not build_loader(train_set, batch_size=2, workers=0, seed=0)[0].pin_memory

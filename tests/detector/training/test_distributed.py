@@ -1,5 +1,6 @@
 """Two processes with gloo on the CPU, started by torchrun: DistributedDataParallel trains one model,
-each process draws its own share of the data, and only rank 0 writes.
+each process draws its own share of the data, each predicts its share of the validation images, and only
+rank 0 scores them and writes.
 
 Slow (two interpreters start and build the model): ``pytest -m slow tests/detector/training``.
 """
@@ -32,6 +33,7 @@ def test_torchrun_with_two_gloo_processes(tiny_synthetic, tmp_path: Path) -> Non
         "-m", "detector.train", "--device", "cpu", "--train-images", str(tiny_synthetic.train_images),
         "--train-ann", str(tiny_synthetic.train_annotations), "--iters", "2", "--batch-size", "1",
         "--min-sizes", "128", "--max-size", "213", "--log-every", "1", "--out", str(out), "--no-progress",
+        "--val-images", str(tiny_synthetic.val_images), "--val-ann", str(tiny_synthetic.val_annotations),
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -45,3 +47,7 @@ def test_torchrun_with_two_gloo_processes(tiny_synthetic, tmp_path: Path) -> Non
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["iter"] for line in lines] == [1, 2]  # written once, by rank 0
     assert (out / "model_final.safetensors").is_file()
+    # Validation sharded over both ranks (each in the gather, or it would hang), scored once, by rank 0.
+    scores = json.loads((out / "eval.json").read_text())
+    assert "bbox" in scores and 0.0 <= scores["bbox"]["AP"] <= 1.0
+    assert done.stdout.count("validation: ") + done.stderr.count("validation: ") == 1
