@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--iters", type=_positive(int), metavar="N")
     length.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 12")
     sched.add_argument("--batch-size", type=_positive(int), default=2, help="images per process (default: 2)")
+    sched.add_argument("--aspect-ratio-group-factor", type=int, default=0, metavar="K",
+                       help="batch images of like aspect ratio: 0, by orientation (default); K > 0, in torchvision's "
+                       "2K + 2 ratio groups (its COCO recipe: 3)")
     sched.add_argument("--lr", type=_positive(float),
                        help="default: the preset's recipe (LR_RECIPES in detector/modeling/presets.py), "
                        "else 0.02 x total batch / 16")
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in (("train_images", "train_ann"), ("val_images", "val_ann")):
         if (getattr(args, a) is None) != (getattr(args, b) is None):
             parser.error(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} go together")
+    if args.aspect_ratio_group_factor < 0:
+        parser.error(f"--aspect-ratio-group-factor must be at least 0, got {args.aspect_ratio_group_factor}")
     if args.lr_steps is not None and args.lr_schedule != "step":
         parser.error(f"--lr-steps are for --lr-schedule step, not {args.lr_schedule}")
     if args.lr_steps is not None and args.lr_steps != sorted(set(args.lr_steps)):
@@ -175,7 +180,8 @@ def _config(args: argparse.Namespace, rank: int) -> TrainConfig:
     return TrainConfig(
         out_dir=args.out or Path("runs") / args.model,
         train_images=train_images, train_ann=train_ann, val_images=val_images, val_ann=val_ann,
-        iters=args.iters, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        iters=args.iters, epochs=args.epochs, batch_size=args.batch_size,
+        aspect_ratio_group_factor=args.aspect_ratio_group_factor, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, lr_schedule=args.lr_schedule,
         clip_grad_norm=args.clip_grad_norm, workers=(4 if cuda else 0) if args.workers is None else args.workers,
         device=args.device, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,

@@ -56,6 +56,7 @@ class TrainConfig:
     iters: int | None = None  # the schedule's length; else epochs x batches per epoch
     epochs: int | None = None  # DEFAULT_EPOCHS when neither is given
     batch_size: int = 2  # images per process and step (torchvision's recipe: 2 per GPU, 8 GPUs)
+    aspect_ratio_group_factor: int = 0  # 0: batches of one orientation; torchvision's recipe: 3 (8 ratio groups)
     lr: float | None = None  # None: optim.default_lr
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -104,7 +105,8 @@ class Trainer:
         self.model_cfg, self.train_set = _training_set(model_cfg, cfg)
         self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann and self.dist.is_main else None
         self.loader, self.batches = build_loader(self.train_set, cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
-                                                 rank=self.dist.rank, world_size=self.dist.world_size)
+                                                 rank=self.dist.rank, world_size=self.dist.world_size,
+                                                 group_factor=cfg.aspect_ratio_group_factor)
         per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
         self.total_iters = cfg.iters or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
         warmup = default_warmup_iters(self.total_iters) if cfg.warmup_iters is None else cfg.warmup_iters
