@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import models
 from torchvision.ops import FrozenBatchNorm2d
 
+import detector.weights.__main__ as weights_cli
 import detector.weights.catalogue as catalogue
 import detector.weights.imagenet as imagenet
 from detector.modeling.backbone import BackboneConfig, ResNetBackbone
@@ -186,14 +187,16 @@ def published_trunk(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
     with _loopback_server(served) as base:
         entries = {"r18_test": replace(entry, url=f"{base}/{path.name}"), detection.name: detection}
-        for module in (catalogue, imagenet):
+        for module in (catalogue, imagenet, weights_cli):
             monkeypatch.setattr(module, "load_catalogue", lambda path=None: entries)
         yield entries["r18_test"], path
 
 
-def test_a_catalogue_name_is_downloaded_verified_and_loads(tmp_path, published_trunk) -> None:
+def test_a_catalogue_name_is_downloaded_verified_and_loads(tmp_path, published_trunk, capsys) -> None:
     entry, served = published_trunk
-    path = resolve_trunk("r18_test")
+    assert weights_cli.main(["download", "r18_test", "--dir", str(tmp_path / "elsewhere")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "elsewhere" / served.name)  # python -m detector.weights
+    path = resolve_trunk("r18_test")  # --backbone-weights r18_test: into the cache
     assert path == tmp_path / "cache" / served.name and path.read_bytes() == served.read_bytes()
     assert (tmp_path / "cache" / f"{served.name}.sha256").is_file()  # its full SHA-256, recorded
     assert resolve_trunk(path) == path  # a file: checked against the catalogue, by its name and hash
