@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the preset to train (default: the one --weights names in its metadata, "
                    f"else {DEFAULT_PRESET})")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--weights", type=Path, metavar="FILE",
-                       help="start from these weights (fine-tuning); a file written by detector.train brings its classes")
+    start.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning); "
+                       "a file written by detector.train brings its classes")
     start.add_argument("--backbone-weights", metavar="FILE|NAME",
                        help="start the trunk from an ImageNet classifier in torchvision's format (a file, or a "
                        "catalogue name such as resnet50_imagenet: `python -m detector.weights list`); "
@@ -188,7 +188,8 @@ def _config(args: argparse.Namespace, rank: int) -> TrainConfig:
         amp=args.amp, min_sizes=tuple(args.min_sizes) if args.min_sizes else None, max_size=args.max_size,
         weights=args.weights, backbone_weights=args.backbone_weights,
         trainable_backbone_layers=args.trainable_backbone_layers,
-        lr_steps=tuple(args.lr_steps) if args.lr_steps else None, log_every=args.log_every, stop_at=args.stop_at, progress=not args.no_progress,
+        lr_steps=tuple(args.lr_steps) if args.lr_steps else None, log_every=args.log_every, stop_at=args.stop_at,
+        progress=not args.no_progress,
     )
 
 

@@ -62,7 +62,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int | None = None  # None: optim.default_warmup_iters
     lr_schedule: str = "step"
-    lr_steps: tuple[int, ...] | None = None  # epochs where step decay applies (torchvision's --lr-steps); None: 2/3, 8/9
+    lr_steps: tuple[int, ...] | None = None  # epochs after which step decay applies (torchvision's); None: 2/3, 8/9
     clip_grad_norm: float | None = None
     workers: int = 0
     device: str = "cpu"

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             for e in catalogue.values():
-                print(f"{e.name:28} {_what(e)}\n{'':28} {e.url}\n{'':28} sha256 {e.sha256 or e.sha256_prefix + '...'}; {e.license}")
+                digest = e.sha256 or e.sha256_prefix + "..."
+                print(f"{e.name:28} {_what(e)}\n{'':28} {e.url}\n{'':28} sha256 {digest}; {e.license}")
         elif args.command == "download":
             if args.name not in catalogue:
                 raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")

@@ -71,7 +71,8 @@ class TrunkShape:
     def describe(self) -> str:
         arch = self.arch
         if arch is None:
-            return f"a ResNet trunk with {'/'.join(map(str, self.blocks))} {self.block} blocks, which no torchvision ResNet has"
+            blocks = "/".join(map(str, self.blocks))
+            return f"a ResNet trunk with {blocks} {self.block} blocks, which no torchvision ResNet has"
         return f"a {arch_title(arch)} trunk"
 
 
@@ -102,7 +103,8 @@ def trunk_shape(state: dict[str, Tensor], source: str) -> TrunkShape:
         return TrunkShape("basic", tuple(blocks))
     conv = state.get("layer1.0.conv2.weight")
     if conv is None or conv.dim() != 4:
-        raise ValueError(f"{source}: not a ResNet classifier (layer1.0.conv2.weight: {conv if conv is None else tuple(conv.shape)})")
+        found = "absent" if conv is None else f"of shape {tuple(conv.shape)}"
+        raise ValueError(f"{source}: not a ResNet classifier (layer1.0.conv2.weight {found})")
     width, per_group = conv.shape[:2]  # (G*d, d, 3, 3)
     return TrunkShape("bottleneck", tuple(blocks), groups=width // per_group, width_per_group=per_group)
 
