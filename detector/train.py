@@ -3,6 +3,7 @@
     python -m detector.train                      # small_r18_fpn on data/synthetic (generated once)
     python -m detector.train --model maskrcnn_r50_fpn --weights W --train-images DIR --train-ann ANN.json \\
         [--val-images DIR --val-ann ANN.json] [--out runs/NAME] [--iters N | --epochs N] [--resume]
+    python -m detector.train --model maskrcnn_r50_fpn --backbone-weights resnet50_imagenet ...   # from ImageNet
     torchrun --nproc_per_node 8 -m detector.train ...   # one process per GPU
 
 Writes OUT/last.pth (the checkpoint --resume continues from), OUT/metrics.jsonl, OUT/model_final.safetensors
@@ -50,8 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(PRESET_NAMES), metavar="PRESET",
                    help="the preset to train (default: the one --weights names in its metadata, "
                    f"else {DEFAULT_PRESET})")
-    p.add_argument("--weights", type=Path, metavar="FILE",
-                   help="start from these weights (fine-tuning); a file written by detector.train brings its classes")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--weights", type=Path, metavar="FILE", help="start from these weights (fine-tuning); "
+                       "a file written by detector.train brings its classes")
+    start.add_argument("--backbone-weights", metavar="FILE|NAME",
+                       help="start the trunk from an ImageNet classifier in torchvision's format (a file, or a "
+                       "catalogue name such as resnet50_imagenet: `python -m detector.weights list`); "
+                       "the FPN and heads start afresh")
+    p.add_argument("--trainable-backbone-layers", type=int, choices=range(6), metavar="N",
+                   help="trunk stages that train, 0..5 from the top (layer4 ... layer1, the stem); the others keep "
+                   "their start values (default: the preset's; 3 for the R-CNN presets, as torchvision)")
     data = p.add_argument_group("data (default: the synthetic set, generated into --synthetic-dir)")
     data.add_argument("--train-images", type=Path, metavar="DIR")
     data.add_argument("--train-ann", type=Path, metavar="ANN.json")
@@ -67,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--iters", type=_positive(int), metavar="N")
     length.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 12")
     sched.add_argument("--batch-size", type=_positive(int), default=2, help="images per process (default: 2)")
+    sched.add_argument("--aspect-ratio-group-factor", type=int, default=0, metavar="K",
+                       help="batch images of like aspect ratio: 0, by orientation (default); K > 0, in torchvision's "
+                       "2K + 2 ratio groups (its COCO recipe: 3)")
     sched.add_argument("--lr", type=_positive(float),
                        help="default: the preset's recipe (LR_RECIPES in detector/modeling/presets.py), "
                        "else 0.02 x total batch / 16")
@@ -74,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--weight-decay", type=float, default=1e-4)
     sched.add_argument("--warmup-iters", type=int, metavar="N", help="default: min(1000, a tenth of the schedule)")
     sched.add_argument("--lr-schedule", choices=SCHEDULES, default="step",
-                       help="step: x0.1 at 2/3 and 8/9 of the schedule; cosine")
+                       help="step: x0.1 at 2/3 and 8/9 of the schedule (or at --lr-steps); cosine")
+    sched.add_argument("--lr-steps", type=_positive(int), nargs="+", metavar="EPOCH",
+                       help="the step schedule's x0.1 decays at the end of these epochs (torchvision's --lr-steps)")
     sched.add_argument("--clip-grad-norm", type=_positive(float), metavar="NORM")
     sched.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     run = p.add_argument_group("run")
@@ -96,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in (("train_images", "train_ann"), ("val_images", "val_ann")):
         if (getattr(args, a) is None) != (getattr(args, b) is None):
             parser.error(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} go together")
+    if args.aspect_ratio_group_factor < 0:
+        parser.error(f"--aspect-ratio-group-factor must be at least 0, got {args.aspect_ratio_group_factor}")
+    if args.lr_steps is not None and args.lr_schedule != "step":
+        parser.error(f"--lr-steps are for --lr-schedule step, not {args.lr_schedule}")
+    if args.lr_steps is not None and args.lr_steps != sorted(set(args.lr_steps)):
+        parser.error(f"--lr-steps must rise, got {' '.join(map(str, args.lr_steps))}")
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -160,12 +180,16 @@ def _config(args: argparse.Namespace, rank: int) -> TrainConfig:
     return TrainConfig(
         out_dir=args.out or Path("runs") / args.model,
         train_images=train_images, train_ann=train_ann, val_images=val_images, val_ann=val_ann,
-        iters=args.iters, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        iters=args.iters, epochs=args.epochs, batch_size=args.batch_size,
+        aspect_ratio_group_factor=args.aspect_ratio_group_factor, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, lr_schedule=args.lr_schedule,
         clip_grad_norm=args.clip_grad_norm, workers=(4 if cuda else 0) if args.workers is None else args.workers,
         device=args.device, seed=args.seed, resume=args.resume, checkpoint_every=args.checkpoint_every,
         amp=args.amp, min_sizes=tuple(args.min_sizes) if args.min_sizes else None, max_size=args.max_size,
-        weights=args.weights, log_every=args.log_every, stop_at=args.stop_at, progress=not args.no_progress,
+        weights=args.weights, backbone_weights=args.backbone_weights,
+        trainable_backbone_layers=args.trainable_backbone_layers,
+        lr_steps=tuple(args.lr_steps) if args.lr_steps else None, log_every=args.log_every, stop_at=args.stop_at,
+        progress=not args.no_progress,
     )
 
 

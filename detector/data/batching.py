@@ -21,6 +21,19 @@ def orientation_groups(sizes: Iterable[tuple[int, int]]) -> list[int]:
     return [0 if width >= height else 1 for height, width in sizes]
 
 
+def aspect_ratio_groups(sizes: Iterable[tuple[int, int]], factor: int) -> list[int]:
+    """Group id of each image from its (H, W) by its aspect ratio W / H, as torchvision's detection reference
+    groups with ``--aspect-ratio-group-factor k``: the 2k + 1 cuts 2 ** linspace(-1, 1, 2k + 1) between 1/2
+    and 2 make 2k + 2 groups (k = 3: 8); a ratio on a cut goes above it. ``factor`` 0: ``orientation_groups``."""
+    if factor < 0:
+        raise ValueError(f"the aspect-ratio group factor must be at least 0, got {factor}")
+    if factor == 0:
+        return orientation_groups(sizes)
+    cuts = 2.0 ** np.linspace(-1, 1, 2 * factor + 1)
+    ratios = [width / height for height, width in sizes]
+    return np.searchsorted(cuts, ratios, side="right").tolist()
+
+
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches of indices in which every index has the same group id.
 

@@ -78,6 +78,16 @@ class ResNetBackbone(nn.Module):
         for name, param in self.named_parameters():
             if not any(name.startswith(stage) for stage in trainable):
                 param.requires_grad_(False)
+        # The modules of the frozen stages (the stem's norm with its conv), kept in eval mode by ``train``.
+        self._frozen = [name for name in (*STAGES, "bn1") if name not in trainable]
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        """As ``nn.Module.train``, but a frozen stage stays in eval mode: its BatchNorm2d keeps the statistics
+        it started with, as its parameters do (FrozenBatchNorm2d and GroupNorm have no mode)."""
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, 64, H/4, W/4)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from detector.atomic import atomic_write
+from detector.weights.imagenet import trunk_shape
 from detector.weights.loading import load_state_dict_strict, read_state_dict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
 
@@ -82,6 +83,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     state = read_state_dict(path)
     if is_torchvision_state_dict(state):
         state = convert_torchvision_state_dict(state)
+    elif "conv1.weight" in state:  # no detection model: the tensors of a classifier, a ResNet's at the top
+        raise ValueError(f"{path}: {trunk_shape(state, str(path)).describe()} (an ImageNet classifier), not a "
+                         f"detection model: pass it as --backbone-weights")
     expected = model.state_dict()
     skipped = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
     state.update({k: expected[k] for k in skipped})

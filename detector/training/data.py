@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from detector.data.batching import GroupedBatchSampler, collate, orientation_groups
+from detector.data.batching import GroupedBatchSampler, aspect_ratio_groups, collate
 from detector.data.coco import CocoDataset
 from detector.data.transforms import COCO_FLIP_INDICES, Compose, RandomHorizontalFlip, Resize, flip_indices_for
 from detector.modeling.rcnn import ModelConfig
@@ -122,13 +122,15 @@ class EpochBatches(Sampler[list[Key]]):
         return max(len(self.batches) - self.skip, 0)
 
 
-def build_loader(train_set: TrainingSet, batch_size: int, *, workers: int, seed: int,
-                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> tuple[DataLoader, EpochBatches]:
+def build_loader(train_set: TrainingSet, batch_size: int, *, workers: int, seed: int, rank: int = 0,
+                 world_size: int = 1, group_factor: int = 0,
+                 pin_memory: bool = False) -> tuple[DataLoader, EpochBatches]:
     """The loader and the batch sampler whose ``start`` positions it. Under torchrun each process
-    draws its share of every epoch from a DistributedSampler, grouped by orientation within it.
+    draws its share of every epoch from a DistributedSampler, grouped within it by aspect ratio
+    (``aspect_ratio_groups``: by orientation for ``group_factor`` 0, torchvision's bins for more).
     ``pin_memory`` (for a CUDA device): the images come in page-locked memory, copied to the GPU without
     blocking."""
-    groups = orientation_groups(train_set.coco.image_size(i) for i in range(len(train_set)))
+    groups = aspect_ratio_groups((train_set.coco.image_size(i) for i in range(len(train_set))), group_factor)
     outer = None
     if world_size > 1:
         outer = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)

@@ -28,11 +28,13 @@ from detector.atomic import atomic_write_text, remove_stale_temporaries
 from detector.data.coco import CocoDataset
 from detector.modeling.rcnn import ModelConfig, build_model
 from detector.structures import Targets
-from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, load_pretrained,
-                                          restore_rng, seed_everything)
+from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, restore_rng,
+                                          seed_everything)
 from detector.training.data import TrainingSet, build_loader, label_map_for
 from detector.training.metrics import METRICS_NAME, MetricsLog
-from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
+from detector.training.optim import (LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr,
+                                     steps_in_iterations)
+from detector.training.start import initialise, read_start_trunk, refuse_untrained_frozen_bn, with_trainable_stages
 from detector.training.validation import evaluate, load_validation_set
 from detector.weights.loading import load_state_dict_strict, save_weights
 from detector.weights.model_metadata import MODEL_KEY, model_metadata
@@ -54,11 +56,13 @@ class TrainConfig:
     iters: int | None = None  # the schedule's length; else epochs x batches per epoch
     epochs: int | None = None  # DEFAULT_EPOCHS when neither is given
     batch_size: int = 2  # images per process and step (torchvision's recipe: 2 per GPU, 8 GPUs)
+    aspect_ratio_group_factor: int = 0  # 0: batches of one orientation; torchvision's recipe: 3 (8 ratio groups)
     lr: float | None = None  # None: optim.default_lr
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int | None = None  # None: optim.default_warmup_iters
     lr_schedule: str = "step"
+    lr_steps: tuple[int, ...] | None = None  # epochs after which step decay applies (torchvision's); None: 2/3, 8/9
     clip_grad_norm: float | None = None
     workers: int = 0
     device: str = "cpu"
@@ -68,7 +72,9 @@ class TrainConfig:
     amp: bool = False
     min_sizes: tuple[int, ...] | None = None  # None: the preset's InputConfig.min_size
     max_size: int | None = None  # None: the preset's InputConfig.max_size
-    weights: Path | None = None
+    weights: Path | None = None  # a trained model to start from
+    backbone_weights: Path | str | None = None  # an ImageNet classifier file or catalogue name: the trunk's start
+    trainable_backbone_layers: int | None = None  # trunk stages trained, 0..5 from the top; None: the preset's
     log_every: int = 20
     stop_at: int | None = None  # end this run after that iteration, checkpointed, for --resume to go on
     progress: bool = True
@@ -92,17 +98,22 @@ class Trainer:
         self.use_amp = cfg.amp and self.device.type == "cuda"
         if cfg.amp and not self.use_amp:
             logger.warning("--amp needs a CUDA device: training in float32 on %s", self.device)
+        model_cfg = with_trainable_stages(model_cfg, cfg.trainable_backbone_layers)
+        refuse_untrained_frozen_bn(model_cfg, cfg, preset)
+        trunk = read_start_trunk(model_cfg, cfg, preset=preset, dist_info=self.dist)  # before the data: fail early
         seed_everything(cfg.seed + self.dist.rank)
         self.model_cfg, self.train_set = _training_set(model_cfg, cfg)
         self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann else None  # every rank: sharded
         self.loader, self.batches = build_loader(self.train_set, cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
                                                  rank=self.dist.rank, world_size=self.dist.world_size,
+                                                 group_factor=cfg.aspect_ratio_group_factor,
                                                  pin_memory=self.device.type == "cuda")
         per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
         self.total_iters = cfg.iters or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
         warmup = default_warmup_iters(self.total_iters) if cfg.warmup_iters is None else cfg.warmup_iters
         lr = cfg.lr or default_lr(preset, cfg.batch_size, self.dist.world_size)
-        self.schedule = LRSchedule(lr, self.total_iters, warmup, kind=cfg.lr_schedule)
+        steps = None if cfg.lr_steps is None else steps_in_iterations(cfg.lr_steps, per_epoch, self.total_iters)
+        self.schedule = LRSchedule(lr, self.total_iters, warmup, kind=cfg.lr_schedule, step_at=steps)
 
         self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, lr, cfg.momentum, cfg.weight_decay)
@@ -110,14 +121,12 @@ class Trainer:
         self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._rng: dict | None = None
         if cfg.resume:
-            if cfg.weights is not None:
-                logger.warning("--resume continues from the checkpoint: --weights %s is not loaded", cfg.weights)
+            for flag, value in (("--weights", cfg.weights), ("--backbone-weights", cfg.backbone_weights)):
+                if value is not None:
+                    logger.warning("--resume continues from the checkpoint: %s %s is not loaded", flag, value)
             self._restore(cfg.out_dir / CHECKPOINT_NAME)
-        elif cfg.weights is not None:
-            skipped = load_pretrained(self.model, cfg.weights)
-            if skipped:
-                logger.warning("%s: %d tensors of other shapes left initialised afresh: %s", cfg.weights,
-                               len(skipped), ", ".join(skipped))
+        else:
+            initialise(self.model, cfg, trunk)
         self.net = self.model
         if self.dist.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -208,13 +217,18 @@ class Trainer:
                 "sampler": [position for _, position in ranks],  # one per process
                 "rng": [rng for rng, _ in ranks],
                 "meta": {"preset": self.preset, "class_names": list(self.model_cfg.class_names),
-                         "total_iters": self.total_iters},
+                         "total_iters": self.total_iters,
+                         "trainable_stages": self.model_cfg.backbone.trainable_stages},
             }
             atomic_save(state, self.cfg.out_dir / CHECKPOINT_NAME)
         dist.barrier(self.dist)
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
+        trained = state.get("meta", {}).get("trainable_stages", self.model_cfg.backbone.trainable_stages)
+        if trained != self.model_cfg.backbone.trainable_stages:
+            raise ValueError(f"{path}: trained {trained} trunk stages, not {self.model_cfg.backbone.trainable_stages}: "
+                             f"resume with --trainable-backbone-layers {trained}")
         load_state_dict_strict(self.model, state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):

@@ -1,6 +1,7 @@
 """python -m detector.weights list | download NAME | verify FILE [--name NAME] | convert IN OUT --preset P
 
-list: the catalogue of published checkpoints; download: fetch one into the cache, verify its SHA-256 and
+list: the catalogue of published checkpoints (detection models, and the ImageNet classifiers whose trunks
+``detector.train --backbone-weights`` starts from); download: fetch one into the cache, verify its SHA-256 and
 record all of it beside the file; verify: check a file against the catalogue, found by the file's
 SHA-256 or name (or --name); convert: a torchvision .pth into our safetensors (loads
 never unpickle anything after that), which names its model: predict, eval and the service need no preset.
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             for e in catalogue.values():
-                ap = ", ".join(f"{k} {v}" for k, v in e.coco_val2017.items())
-                print(f"{e.name:28} preset {e.preset:22} COCO val2017: {ap}\n{'':28} {e.url}\n{'':28} sha256 {e.sha256 or e.sha256_prefix + '...'}; {e.license}")
+                digest = e.sha256 or e.sha256_prefix + "..."
+                print(f"{e.name:28} {_what(e)}\n{'':28} {e.url}\n{'':28} sha256 {digest}; {e.license}")
         elif args.command == "download":
             if args.name not in catalogue:
                 raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")
@@ -53,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _what(entry) -> str:
+    """A detection model's preset and COCO AP, or an ImageNet trunk's arch and accuracy (as published)."""
+    if entry.trunk is not None:
+        acc = ", ".join(f"{k} {v}" for k, v in entry.imagenet_1k.items())
+        return f"trunk  {entry.trunk:22} ImageNet-1K: {acc} (--backbone-weights {entry.name})"
+    ap = ", ".join(f"{k} {v}" for k, v in entry.coco_val2017.items())
+    return f"preset {entry.preset:22} COCO val2017: {ap}"
 
 
 def _entries_for(catalogue, path: Path, name: str | None) -> list:

@@ -33,13 +33,18 @@ CATALOGUE_NAME = "catalogue.json"  # one of the built-in files (detector.weights
 
 @dataclass(frozen=True)
 class Entry:
+    """A published file: a detection model of ``preset``, or an ImageNet classifier whose ``trunk`` (a
+    torchvision arch name) a preset trains from (``detector.weights.imagenet``)."""
+
     name: str
-    preset: str
     url: str
     file_name: str
     sha256_prefix: str
     license: str
+    preset: str | None = None
+    trunk: str | None = None
     coco_val2017: dict = field(default_factory=dict)
+    imagenet_1k: dict = field(default_factory=dict)  # torchvision's published accuracy of the classifier
     frozen_bn_eps: float | None = None
     sha256: str | None = None
 

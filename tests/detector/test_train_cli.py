@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from detector import train as train_cli
 from detector.data.synthetic import ensure_synthetic
@@ -89,12 +90,41 @@ def test_resume_without_a_checkpoint_and_bad_weights_are_exit_2(tiny, tmp_path, 
 
 
 @pytest.mark.parametrize("args", [["--train-ann", "a.json"], ["--val-images", "val"], ["--iters", "0"],
-                                  ["--iters", "3", "--epochs", "1"], ["--model", "nonet"], ["--lr-schedule", "poly"]])
+                                  ["--iters", "3", "--epochs", "1"], ["--model", "nonet"], ["--lr-schedule", "poly"],
+                                  ["--trainable-backbone-layers", "6"], ["--lr-steps", "3", "2"],
+                                  ["--lr-steps", "2", "--lr-schedule", "cosine"],
+                                  ["--weights", "w.pth", "--backbone-weights", "resnet50_imagenet"]])
 def test_bad_arguments_are_exit_2(args, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         train_cli.main(args)
     assert e.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_frozen_bn_preset_without_weights_or_a_trunk_is_refused_before_anything_is_read(tiny, tmp_path,
+                                                                                             capsys) -> None:
+    code = train_cli.main(_data_args(tiny) + ["--model", "maskrcnn_r50_fpn", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: maskrcnn_r50_fpn freezes its trunk's BatchNorm statistics")
+    assert "--backbone-weights resnet50_imagenet" in err and "train small_r18_fpn" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_trunk_file_or_name_that_does_not_fit_is_exit_2_saying_what_it_is(tiny, tmp_path, capsys) -> None:
+    from tests.detector.test_weights_imagenet import _state_of_shape
+
+    r101 = tmp_path / "resnet101.pth"
+    torch.save(_state_of_shape("resnet101"), r101)
+    args = _data_args(tiny) + ["--model", "maskrcnn_r50_fpn", "--out", str(tmp_path / "run")]
+    assert train_cli.main(args + ["--backbone-weights", str(r101)]) == 2
+    assert f"error: {r101}: a ResNet-101 trunk; maskrcnn_r50_fpn needs ResNet-50\n" == capsys.readouterr().err
+    assert train_cli.main(args + ["--backbone-weights", "resnet9000"]) == 2
+    assert "error: resnet9000: neither a file nor a catalogue entry (the ImageNet trunks: resnet18_imagenet, " \
+           in capsys.readouterr().err
+    assert train_cli.main(args + ["--weights", str(r101)]) == 2  # the first try: now named for what it is
+    assert (f"error: {r101}: a ResNet-101 trunk (an ImageNet classifier), not a detection model: pass it as "
+            "--backbone-weights\n") == capsys.readouterr().err
 
 
 def test_a_diverging_loss_stops_with_exit_1(tiny, tmp_path, monkeypatch, capsys) -> None:

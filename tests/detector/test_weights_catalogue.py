@@ -33,7 +33,9 @@ def test_catalogue_lists_the_published_checkpoints(capsys):
     assert {"fasterrcnn_r50_fpn_coco", "maskrcnn_r50_fpn_coco", "keypointrcnn_r50_fpn_coco"} <= set(catalogue)
     for entry in catalogue.values():
         assert entry.sha256_prefix in entry.file_name and entry.url.endswith(entry.file_name)
-        get_preset(entry.preset)
+        assert (entry.preset is None) != (entry.trunk is None)  # a detection model or an ImageNet trunk
+        if entry.preset is not None:
+            get_preset(entry.preset)
     assert main(["list"]) == 0
     assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in capsys.readouterr().out
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detector.data.batching import GroupedBatchSampler, collate, orientation_groups
+from detector.data.batching import GroupedBatchSampler, aspect_ratio_groups, collate, orientation_groups
 from detector.structures import Targets
 
 SIZES = [(30, 40), (40, 30), (20, 20), (50, 10), (10, 50), (33, 32), (32, 33), (7, 9), (9, 7), (60, 61), (61, 60)]
@@ -14,6 +14,17 @@ SIZES = [(30, 40), (40, 30), (20, 20), (50, 10), (10, 50), (33, 32), (32, 33), (
 
 def _epoch(sampler: GroupedBatchSampler) -> list[list[int]]:
     return [list(batch) for batch in sampler]
+
+
+def test_aspect_ratio_groups_are_torchvisions_bins() -> None:
+    """Factor 3 (torchvision's COCO recipe): cuts at 2 ** (i / 3) for i in -3..3, 8 groups; a ratio on a cut
+    goes above it (torchvision's bisect_right); factor 0 is the orientation."""
+    sizes = [(100, 40), (100, 50), (480, 360), (100, 100), (480, 640), (100, 200), (100, 300)]  # (H, W)
+    assert aspect_ratio_groups(sizes, 3) == [0, 1, 2, 4, 5, 7, 7]
+    assert aspect_ratio_groups(sizes, 1) == [0, 1, 1, 2, 2, 3, 3]
+    assert aspect_ratio_groups(sizes, 0) == orientation_groups(sizes) == [1, 1, 1, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="at least 0, got -1"):
+        aspect_ratio_groups(sizes, -1)
 
 
 def test_orientation_groups_split_landscape_and_portrait() -> None:

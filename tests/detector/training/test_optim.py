@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from detector.training.optim import LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr
+from detector.training.optim import (LRSchedule, build_optimizer, default_lr, default_warmup_iters, set_lr,
+                                     steps_in_iterations)
 
 
 def test_warmup_then_steps_at_two_thirds_and_eight_ninths() -> None:
@@ -44,7 +45,20 @@ def test_cosine_is_multiplied_by_the_warmup() -> None:
     assert s.lr_at(5) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.05)) * (1e-3 * 0.5 + 0.5))
 
 
-@pytest.mark.parametrize("kwargs", [{"kind": "linear"}, {"base_lr": 0.0}, {"total_iters": 0}, {"warmup_iters": -1}])
+def test_lr_steps_in_epochs_are_torchvisions_recipe_in_iterations() -> None:
+    """torchvision's Mask R-CNN recipe: 26 epochs, x0.1 after epochs 16 and 22 (here 10 batches an epoch)."""
+    steps = steps_in_iterations((16, 22), per_epoch=10, total_iters=260)
+    assert steps == (160, 220)
+    s = LRSchedule(base_lr=0.02, total_iters=260, warmup_iters=0, step_at=steps)
+    assert [s.lr_at(i) for i in (0, 159, 160, 219, 220, 259)] == pytest.approx([0.02, 0.02, 2e-3, 2e-3, 2e-4, 2e-4])
+    with pytest.raises(ValueError, match=r"--lr-steps 16 30: epoch 30 ends at iteration 300 \(10 per epoch\), past "
+                                         r"the schedule's 260"):
+        steps_in_iterations((16, 30), per_epoch=10, total_iters=260)
+
+
+@pytest.mark.parametrize("kwargs", [{"kind": "linear"}, {"base_lr": 0.0}, {"total_iters": 0}, {"warmup_iters": -1},
+                                    {"step_at": (5, 3)}, {"step_at": (0, 3)}, {"step_at": (3, 11)},
+                                    {"step_at": (3,), "kind": "cosine"}])
 def test_bad_schedules_are_value_errors(kwargs) -> None:
     with pytest.raises(ValueError):
         LRSchedule(**({"base_lr": 0.01, "total_iters": 10} | kwargs))
