@@ -48,7 +48,8 @@ def test_names_are_normalized_as_pip_compares_them():
 def _wheel(directory: Path, name: str, version: str, requires: list[str]) -> Path:
     """A wheel holding only its METADATA."""
     path = directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
-    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *[f"Requires-Dist: {r}" for r in requires]]
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    lines += [f"Requires-Dist: {r}" for r in requires]
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
     return path
