@@ -34,9 +34,10 @@ test-slow: install
 # written already). Without CUDA it runs a tiny CPU mode into build/gpu-check-tiny (CI runs it, so that it
 # cannot rot). Which Python runs it, first that applies:
 # - GPU_CHECK_PY=... names one that has the dependencies;
-# - .whl/ exists (`make gpu-wheels` here, then carried to a GPU machine without internet): its wheels are
-#   installed with pip --no-index --target GPU_SITE, and GPU_PYTHON (python3) runs the check from the tree
-#   with PYTHONPATH=GPU_SITE:. (no install of the project; the server it starts inherits PYTHONPATH);
+# - .whl/ exists (`make gpu-wheels` here, then carried to a GPU machine without internet) and GPU_PYTHON
+#   (python3) has torch: the wheels are installed with pip --no-index --target GPU_SITE, and GPU_PYTHON runs
+#   the check from the tree with PYTHONPATH=GPU_SITE:. (no install of the project; the server it starts
+#   inherits PYTHONPATH);
 # - python3, where it has the dependencies already;
 # - else .venv, created from PyPI like `make install` (torch's default Linux wheel carries CUDA).
 GPU_CHECK_TIMEOUT_S ?= 570
@@ -51,7 +52,7 @@ gpu-wheels:
 
 gpu-check:
 	@py="$(GPU_CHECK_PY)"; \
-	if [ -z "$$py" ] && [ -d .whl ]; then \
+	if [ -z "$$py" ] && [ -d .whl ] && $(GPU_PYTHON) -c 'import torch, torchvision' >/dev/null 2>&1; then \
 		echo "$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl"; \
 		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 			--target $(GPU_SITE) .whl/*.whl || exit 1; \
