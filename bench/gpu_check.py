@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import selectors
 import subprocess
 import sys
@@ -211,10 +212,13 @@ class Check:
 
 
 def machine() -> dict:
-    """bench/machine.py's CPU facts, with the GPU's name, capability, memory and driver where CUDA is."""
+    """bench/machine.py's CPU facts and the Python, torch and torchvision versions (a lent machine's are not
+    pyproject's), with the GPU's name, capability, memory and driver where CUDA is."""
     import torch
+    import torchvision
 
-    info = {"cpu": cpu_info(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda}
+    info = {"cpu": cpu_info(), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "cuda_runtime": torch.version.cuda}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",

@@ -21,7 +21,8 @@ def test_the_tiny_mode_runs_every_step_and_writes_its_json(tmp_path, monkeypatch
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["mode"] == "tiny-cpu" and list(summary["steps"]) == list(STEPS)
     assert all(step["status"] == "ok" for step in summary["steps"].values()), summary["steps"]
-    assert "flags" in summary["machine"]["cpu"] and summary["machine"]["torch"]
+    assert "flags" in summary["machine"]["cpu"] and summary["machine"]["torch"] and summary["machine"]["torchvision"]
+    assert summary["machine"]["python"].count(".") == 2
     tests = summary["steps"]["tests"]
     assert tests["tests"] == tests["skipped"] > 0 and tests["failed"] == 0, tests
     drift = summary["steps"]["drift"]
