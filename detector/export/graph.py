@@ -44,8 +44,11 @@ OUTPUT_NAMES = ("batch_index", "boxes", "scores", "labels")
 
 class ExportGraph(nn.Module):
     def __init__(self, model: RCNN) -> None:
+        """``model`` in eval mode (ValueError otherwise): the graph reads it, and changes nothing of it."""
         super().__init__()
-        self.model = model.eval()
+        if model.training:
+            raise ValueError("ExportGraph needs a model in eval mode (model.eval()): export is inference")
+        self.model = model
         self.keypoint_labels = tuple(model.cfg.keypoint_labels) if model.cfg.keypoint is not None else ()
 
     def output_names(self) -> tuple[str, ...]:

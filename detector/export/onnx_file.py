@@ -15,6 +15,7 @@ and normalisation (``InputConfig``) that the caller applies before the graph.
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 import logging
@@ -46,7 +47,8 @@ def check_exportable(model: RCNN) -> None:
 
 
 def export_onnx(model: RCNN, path: str | Path, *, name: str = "custom", opset: int = OPSET) -> Path:
-    """Write ``model`` (float32, on any device: exported from the CPU) to ``path``; the same ``path``.
+    """Write ``model`` (float32; exported from a copy on the CPU in eval mode where it is not) to ``path``;
+    the same ``path``.
 
     The graph is traced on one small example batch of two images; it runs at any batch size and image
     size (tests/detector/export/). ValueError for a model it cannot export (``check_exportable``)."""
@@ -55,7 +57,8 @@ def export_onnx(model: RCNN, path: str | Path, *, name: str = "custom", opset: i
     check_exportable(model)
     if opset < 16:
         raise ValueError(f"opset must be at least 16 (RoiAlign with coordinate_transformation_mode), got {opset}")
-    model = model.to("cpu").eval()
+    if model.training or model.device.type != "cpu":  # the caller's model stays as it is
+        model = copy.deepcopy(model).to("cpu").eval()
     graph = ExportGraph(model).eval()
     images, sizes = example_inputs(model)
     dims = torch.export.Dim.DYNAMIC

@@ -124,3 +124,31 @@ def test_the_file_and_the_command_line_agree_on_the_opset(builtin):
     model = onnx.load(str(predictor.weights_path), load_external_data=False)
     assert CLI_OPSET == OPSET
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == OPSET
+
+
+def test_the_service_serves_the_file_with_the_torch_backends_answer(builtin, sample):
+    """DETECTOR_BACKEND=onnxruntime, DETECTOR_ONNX=...: the service loads the file and answers as with torch."""
+    from PIL import Image
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.api.serving import as_file, serving, settings, wait_ready
+
+    exact, onnx = builtin
+    buffer = io.BytesIO()
+    Image.fromarray(sample).save(buffer, "PNG")
+    with TestClient(create_app(settings(backend="onnxruntime", onnx=str(onnx.weights_path)))) as client:
+        wait_ready(client, timeout_s=300)
+        info = client.get("/v1/model").json()
+        assert info["speed"] == "onnxruntime" and info["classes"] == exact.class_names and info["keypoints"]
+        found = client.post("/detect", params={"score_threshold": 0}, files=as_file(buffer.getvalue(), "s.png", "image/png"))
+    with serving(exact) as client:
+        expected = client.post("/detect", params={"score_threshold": 0}, files=as_file(buffer.getvalue(), "s.png", "image/png"))
+    assert found.status_code == expected.status_code == 200, found.text
+    found, expected = found.json(), expected.json()
+    assert len(found["detections"]) == len(expected["detections"]) > 0
+    assert [d["category"] for d in found["detections"]] == [d["category"] for d in expected["detections"]]
+    for a, e in zip(found["detections"], expected["detections"]):
+        assert np.allclose(a["bbox"], e["bbox"], atol=0.01 + BOX_TOL)

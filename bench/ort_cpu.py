@@ -2,15 +2,16 @@
 (``python -m detector.export``) run by ``OnnxPredictor`` beside ``Predictor`` at ``--speed exact`` and
 ``fast``, end to end (masks as COCO RLE, as a service answers).
 
-    python bench/onnx.py --models maskrcnn_r50_fpn --size 800 1216 --batches 1
-    python bench/onnx.py --models small_r18_fpn --size 480 640 --batches 1 4
+    python bench/ort_cpu.py --models maskrcnn_r50_fpn --size 800 1216 --batches 1
+    python bench/ort_cpu.py --models small_r18_fpn --size 480 640 --batches 1 4
 
 The R50 presets get bench/reference.py's random weights (torchvision's COCO layout, as bench/engine.py);
 small_r18_fpn its built-in weights. The three backends run in this one process, taking turns within each
 repetition (the first is a warm-up), with freed memory kept (``detector.memory``, as the CLIs and the
 service do). Each row is compared with exact (bench/engine.py's ``compare``: detections matched at IoU >
 0.9 with the same label, and the largest score and box differences). The export's own time is reported
-too. Prints a table and writes JSON.
+too. Prints a table and writes JSON. (Not named bench/onnx.py: run as a script, that would shadow the onnx
+package.)
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up")
     p.add_argument("--threads", type=int, default=None, help="torch's and onnxruntime's (default: theirs)")
-    p.add_argument("--json", type=Path, default=Path("bench/results/onnx.json"))
+    p.add_argument("--json", type=Path, default=Path("bench/results/ort_cpu.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
