@@ -80,7 +80,7 @@ class OnnxPredictor:
             if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
                 raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {desc}")
-            tensors.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+            tensors.append(torch.from_numpy(np.array(image, copy=not image.flags.writeable)).permute(2, 0, 1))
         with torch.inference_mode():
             resized = [preprocess(t, self.input) for t in tensors]
             groups: dict[tuple[int, int], list[int]] = {}
