@@ -15,8 +15,8 @@ The eager model is left as it is: this module only reads it.
 
 Input: ``images`` float32 (N, 3, Hp, Wp), the batch as ``RCNN`` builds it (resized, normalised,
 zero-padded to multiples of 32: ``detector.modeling.transform``) and ``image_sizes`` int64 (N, 2), each
-image's resized (h, w) inside it. Outputs, one row per detection over the batch (D rows, grouped by no
-order but each image's best first): ``batch_index`` int64 (D,), ``boxes`` float32 (D, 4) xyxy in the
+image's resized (h, w) inside it. Outputs, one row per detection over the batch (D rows, by decreasing
+score over the batch, so each image's rows are best first): ``batch_index`` int64 (D,), ``boxes`` float32 (D, 4) xyxy in the
 resized image's pixels, ``scores`` (D,), ``labels`` int64 (D,); with a mask head ``mask_probs`` (D, M, M),
 in-box probabilities of the detection's class; with a keypoint head ``keypoint_heatmaps`` (D', P, S, S),
 the heatmap logits of the D' detections of the keypoint classes, in their order among the D.

@@ -91,6 +91,10 @@ def test_a_size_far_from_the_trace(builtin, sample):
     exact, onnx = builtin
     wide = np.ascontiguousarray(np.concatenate([sample, sample[:, ::-1], sample], axis=1)[:120])  # (120, 747)
     assert_same_detections(exact.predict([wide]), onnx.predict([wide]))
+    # a blank image in one batch with the sample (the same padded size): whatever it gets, as exact
+    blank = np.zeros((249, 250, 3), np.uint8)
+    expected = exact.predict([blank, sample])
+    assert_same_detections(expected, onnx.predict([blank, sample]))
 
 
 def test_faster_rcnn_matches_exact(boxes_only, sample):
