@@ -87,3 +87,12 @@ def test_uvicorn_gets_the_concurrency_limit_and_the_graceful_shutdown_bound(monk
     entry._serve(SimpleNamespace(), Settings(**overrides), "warning", on_exit=lambda: None)
     assert seen["config"].limit_concurrency == 7
     assert seen["config"].timeout_graceful_shutdown == 12 + SHUTDOWN_MARGIN_S
+
+
+def test_the_backend_and_its_onnx_file(monkeypatch):
+    assert (Settings().backend, Settings().onnx) == ("torch", None)
+    monkeypatch.setenv("DETECTOR_BACKEND", "onnxruntime")
+    monkeypatch.setenv("DETECTOR_ONNX", "model.onnx")
+    assert (Settings().backend, Settings().onnx) == ("onnxruntime", "model.onnx")
+    with pytest.raises(ValidationError, match="backend"):
+        Settings(backend="tensorrt")
