@@ -4,3 +4,8 @@
 metadata; ``runtime``: ``OnnxPredictor``, the file behind the ``Predictor``'s interface; ``backends``: the
 backend names and ``load_predictor``, the one call that builds a predictor of either backend.
 """
+
+# The ONNX opset of the export: RoiAlign has coordinate_transformation_mode (aligned=True presets) from
+# 16; torchvision's ONNX functions in onnxscript are written for 18. Here, without torch, for --help.
+MIN_OPSET = 16
+OPSET = 18

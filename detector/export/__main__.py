@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 # Only what parsing the arguments needs: --help and argument errors answer before torch is imported.
+from detector.export import MIN_OPSET, OPSET
 from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
-
-OPSET = 18  # detector.export.onnx_file.OPSET, which imports torch; tests/detector/export checks they agree
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,11 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(PRESET_NAMES),
                    help=f"model preset (default: the one --weights names in its metadata, else {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, at least 16 (default: {OPSET})")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, at least {MIN_OPSET} (default: {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="the ONNX file to write")
     args = p.parse_args(argv)
-    if args.opset < 16:
-        p.error(f"--opset must be at least 16 (RoiAlign with coordinate_transformation_mode), got {args.opset}")
+    if args.opset < MIN_OPSET:
+        p.error(f"--opset must be at least {MIN_OPSET} (RoiAlign with coordinate_transformation_mode), got {args.opset}")
     return args
 
 

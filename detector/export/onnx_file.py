@@ -2,11 +2,11 @@
 
 The graph is ``detector.export.graph.ExportGraph``, captured by ``torch.export`` with the batch size and
 the padded height and width dynamic, and translated by torch's ONNX exporter (onnxscript) at opset
-``OPSET``: 16 is the least for RoiAlign's ``coordinate_transformation_mode`` (aligned=True presets), and
-torchvision's ONNX functions are written for 18. ``torch.export`` bounds the data-dependent sizes (NMS and NonZero
-outputs) by comparisons the exporter drops with their asserts but still translates; some bounds lie beyond
-int64 (a NonZero over a product of such sizes), so those comparisons are translated with the bound
-clamped to int64 (``_at_most``): they compute nothing the graph's outputs read.
+``OPSET`` (``detector/export/__init__.py``, at least ``MIN_OPSET``). ``torch.export`` bounds the
+data-dependent sizes (NMS and NonZero outputs) by comparisons the exporter drops with their asserts but
+still translates; some bounds lie beyond int64 (a NonZero over a product of such sizes), so those
+comparisons are translated with the bound clamped to int64 (``_at_most``): they compute nothing the
+graph's outputs read.
 
 The file carries what a client needs beside the tensors as JSON under the metadata key ``METADATA_KEY``:
 the preset name, the class names (index == label), the keypoint names and classes, and the input sizes
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from detector.export import MIN_OPSET, OPSET
 from detector.export.graph import ExportGraph
 from detector.modeling.rcnn import RCNN
 from detector.modeling.speeds import InferenceOptions
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
 METADATA_KEY = "detector"
 INPUT_NAMES = ("images", "image_sizes")
 
@@ -55,8 +55,8 @@ def export_onnx(model: RCNN, path: str | Path, *, name: str = "custom", opset: i
     import onnx  # only the export needs it (the "onnx" extra)
 
     check_exportable(model)
-    if opset < 16:
-        raise ValueError(f"opset must be at least 16 (RoiAlign with coordinate_transformation_mode), got {opset}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET} (RoiAlign with coordinate_transformation_mode), got {opset}")
     if model.training or model.device.type != "cpu":  # the caller's model stays as it is
         model = copy.deepcopy(model).to("cpu").eval()
     graph = ExportGraph(model).eval()
