@@ -22,6 +22,7 @@ from api.deps import Service
 from api.metrics import Metrics, RequestMetrics
 from api.routes import detect, health, metrics, model, page
 from api.settings import Settings
+from detector.export.backends import load_predictor
 from detector.predictor import Predictor
 from detector.weights.catalogue import sha256_of
 
@@ -83,10 +84,11 @@ async def _load(service: Service) -> None:
     settings, predictor, batcher = service.settings, service.predictor, None
     try:
         if predictor is None:
-            what = settings.preset or settings.weights or "the default preset"
+            what = settings.onnx or settings.preset or settings.weights or "the default preset"
             logger.info("loading %s on %s", what, settings.device)
             predictor = await asyncio.to_thread(
-                Predictor.from_preset, settings.preset, settings.weights, settings.device, speed=settings.speed
+                load_predictor, settings.backend, settings.preset, settings.weights, settings.device,
+                speed=settings.speed, onnx=settings.onnx,
             )
         if predictor.weights_sha256 is not None:  # hashed once, by Predictor.from_preset
             service.weights_sha256 = predictor.weights_sha256

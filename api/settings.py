@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from detector.export.backends import BACKENDS, DEFAULT_BACKEND
 from detector.memory import FLAG_HELP
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     weights: str | None = Field(None, description="weights file; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)
+    # The onnxruntime backend serves a file of python -m detector.export (CPU): the file is the model, so
+    # preset and weights stay unset.
+    backend: Literal[BACKENDS] = Field(DEFAULT_BACKEND, description="torch, or onnxruntime with onnx")
+    onnx: str | None = Field(None, description="the ONNX file (python -m detector.export) of backend onnxruntime")
 
     # Applied by python -m api at startup (process-wide), not by create_app.
     keep_freed_memory: bool = Field(True, description=FLAG_HELP)
@@ -94,7 +99,7 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("preset", "weights", mode="before")
+    @field_validator("preset", "weights", "onnx", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

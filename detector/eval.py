@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 # is imported where it is used.
 from detector import memory
 from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported, load_ground_truth
+from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=BACKEND_HELP)
+    parser.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="the ONNX file of --backend onnxruntime")
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: 2)")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                         help=memory.FLAG_HELP)
@@ -63,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    runs_model = bool(args.model or args.weights)
+    runs_model = bool(args.model or args.weights or args.onnx)
+    if (args.backend == "onnxruntime") != (args.onnx is not None):
+        parser.error("--backend onnxruntime and --onnx MODEL.onnx go together")
+    if args.onnx is not None and (args.model or args.weights):
+        parser.error("--onnx is the model (its classes and sizes are in the file): give it without --model and --weights")
     if args.results is not None and runs_model:
-        parser.error("--results scores a results file: give it without --model and --weights")
+        parser.error("--results scores a results file: give it without --model, --weights and --onnx")
     if args.results is None and not runs_model:
-        parser.error("one of --model, --weights (a file that names its model) or --results is required")
+        parser.error("one of --model, --weights (a file that names its model), --onnx or --results is required")
     if runs_model and args.images is None:
-        parser.error(f"{'--model' if args.model else '--weights'} needs --images")
+        parser.error(f"{'--model' if args.model else '--weights' if args.weights else '--onnx'} needs --images")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -93,12 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         finish(ctx)
 
 
-def load_predictor(preset: str | None, weights: Path | None, device: str, speed: str = DEFAULT_SPEED):
-    """The model's ``Predictor`` (``preset`` None: the one ``weights`` names); imported here so that
-    ``--results`` runs without the model code."""
-    from detector.predictor import Predictor
+def load_predictor(preset: str | None, weights: Path | None, device: str, speed: str = DEFAULT_SPEED,
+                   backend: str = DEFAULT_BACKEND, onnx: Path | None = None):
+    """The model's ``Predictor`` (``preset`` None: the one ``weights`` names), or with backend
+    "onnxruntime" the ``OnnxPredictor`` of ``onnx``; imported here so that ``--results`` runs without
+    the model code."""
+    from detector.export.backends import load_predictor as load
 
-    return Predictor.from_preset(preset, weights, device, speed=speed)
+    if backend == "onnxruntime":
+        return load(backend, device=device, onnx=onnx)
+    return load(backend, preset, weights, device, speed=speed)
 
 
 def _run(args: argparse.Namespace, ctx: DistInfo) -> int:
@@ -159,10 +170,10 @@ def _predict(args: argparse.Namespace, coco_gt, ctx: DistInfo) -> tuple[list[dic
     from detector.distributed import gather, shard
     from detector.evaluation.inference import predict_coco_results
 
-    source = f"model {args.model}" if args.model else f"model of {args.weights}"
+    source = f"model {args.model}" if args.model else f"model of {args.weights or args.onnx}"
     with _blame(source) if args.model else contextlib.nullcontext():  # else the errors name the file
         try:
-            predictor = load_predictor(args.model, args.weights, args.device, args.speed)
+            predictor = load_predictor(args.model, args.weights, args.device, args.speed, args.backend, args.onnx)
         except (OSError, KeyError) as e:
             raise ValueError(str(e)) from None
     provided = ["bbox"] + ["segm"] * bool(predictor.has_masks) + ["keypoints"] * bool(predictor.has_keypoints)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.process_state import ROOT
 
-CLIS = ["detector.predict", "detector.eval", "detector.train", "detector.weights", "api"]
+CLIS = ["detector.predict", "detector.eval", "detector.train", "detector.weights", "detector.export", "api"]
 # An argument error of each: (module, arguments) -> exit status 2 and a usage line (a missing file: its name).
 ARGUMENT_ERRORS = [
     ("detector.predict", ["--model", "no_such_preset", "--out", "o.json", "a.jpg"]),
@@ -25,6 +25,8 @@ ARGUMENT_ERRORS = [
     ("detector.train", ["--model", "no_such_preset"]),
     ("detector.predict", ["--out", "o.json", "no_such_image.jpg"]),  # checked before the model is loaded
     ("detector.weights", ["fetch"]),
+    ("detector.export", ["--out", "m.onnx", "--opset", "12"]),
+    ("detector.eval", ["--backend", "onnxruntime", "--images", "d", "--ann", "a.json"]),  # without --onnx
     ("api", ["--max-batch-size", "0"]),
 ]
 HEAVY = ("torch", "torchvision", "uvicorn", "fastapi", "matplotlib", "cv2")

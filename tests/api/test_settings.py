@@ -101,3 +101,12 @@ def test_cudnn_benchmark_is_set_at_startup_on_cuda_only_when_asked(monkeypatch, 
     overrides, _ = entry.parse_args(["--device", device, "--cudnn-benchmark", flag, "--keep-freed-memory", "false"])
     entry.configure_process(Settings(**overrides))
     assert torch.backends.cudnn.benchmark is expected
+
+
+def test_the_backend_and_its_onnx_file(monkeypatch):
+    assert (Settings().backend, Settings().onnx) == ("torch", None)
+    monkeypatch.setenv("DETECTOR_BACKEND", "onnxruntime")
+    monkeypatch.setenv("DETECTOR_ONNX", "model.onnx")
+    assert (Settings().backend, Settings().onnx) == ("onnxruntime", "model.onnx")
+    with pytest.raises(ValidationError, match="backend"):
+        Settings(backend="tensorrt")

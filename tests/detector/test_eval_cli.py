@@ -133,7 +133,7 @@ def test_model_path_with_a_stand_in_predictor(dataset, tmp_path, monkeypatch, ca
                           "--metrics-out", str(metrics_path), "--speed", "exact"])
 
     assert code == 0
-    assert loaded == [("stand-in", Path("w.pt"), "cpu", "exact")] and predictor.batch_sizes == [3]
+    assert loaded == [("stand-in", Path("w.pt"), "cpu", "exact", "torch", None)] and predictor.batch_sizes == [3]
     metrics = json.loads(metrics_path.read_text())
     assert set(metrics) == {"bbox", "keypoints", "per_category_ap", "voc", "timing"}  # no masks: no segm
     assert metrics["bbox"]["AP"] == pytest.approx(1.0) and metrics["keypoints"]["AP"] == pytest.approx(1.0)
