@@ -33,6 +33,7 @@ from pathlib import Path
 
 # Only what parsing the arguments and expanding the inputs need: both answer before torch is imported.
 from detector import memory
+from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(PRESET_NAMES),
                    help=f"model preset (default: the one --weights names in its metadata, else {DEFAULT_PRESET})")
     p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=BACKEND_HELP)
+    p.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="the ONNX file of --backend onnxruntime")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)
@@ -73,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("name images, folders or patterns, or give a --file-list")
     if not 0.0 <= args.score_threshold <= 1.0:
         p.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if (args.backend == "onnxruntime") != (args.onnx is not None):
+        p.error("--backend onnxruntime and --onnx MODEL.onnx go together")
+    if args.onnx is not None and (args.model or args.weights):
+        p.error("--onnx is the model (its classes and sizes are in the file): give it without --model and --weights")
     if args.batch_size < 1 or args.workers < 1:
         p.error(f"--batch-size and --workers must be at least 1, got {args.batch_size} and {args.workers}")
     if (args.format == "coco") != (args.ann is not None):
@@ -110,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_predictor(args: argparse.Namespace, device):
-    """The model that predicts: the one place that chooses how."""
-    from detector.predictor import Predictor
+    """The model that predicts: the one place that chooses how (PyTorch, or onnxruntime on an exported file)."""
+    from detector.export.backends import load_predictor as load
 
-    return Predictor.from_preset(args.model, args.weights, device, speed=args.speed)
+    if args.backend == "onnxruntime":
+        return load(args.backend, device=str(device), onnx=args.onnx)
+    return load(args.backend, args.model, args.weights, device, speed=args.speed)
 
 
 def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:

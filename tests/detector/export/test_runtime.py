@@ -156,6 +156,54 @@ def test_the_service_serves_the_file_with_the_torch_backends_answer(builtin, sam
         assert np.allclose(a["bbox"], e["bbox"], atol=0.01 + BOX_TOL)
 
 
+def test_predict_cli_with_the_onnxruntime_backend_writes_the_torch_backends_lines(builtin, sample, tmp_path):
+    """python -m detector.predict --backend onnxruntime --onnx F: the same lines as the torch backend, a bad
+    file among the images reported and skipped as with torch."""
+    import json
+
+    from PIL import Image
+
+    from detector.predict import main as predict_main
+
+    exact, onnx = builtin
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_images(sample)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    common = [str(folder), "--score-threshold", "0.05", "--no-progress"]
+    assert predict_main([*common, "--out", str(tmp_path / "onnx.jsonl"), "--backend", "onnxruntime",
+                         "--onnx", str(onnx.weights_path)]) == 1  # 1: a file failed
+    assert predict_main([*common, "--out", str(tmp_path / "torch.jsonl"), "--model", "small_r18_fpn",
+                         "--speed", "exact"]) == 1
+    lines = {}
+    for name in ("onnx", "torch"):
+        records = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        lines[name] = {r["file"]: r for r in records}
+    assert lines["onnx"].keys() == lines["torch"].keys() and len(lines["onnx"]) == 4
+    assert "error" in lines["onnx"][str(folder / "broken.png")]
+    for file, expected in lines["torch"].items():
+        found = lines["onnx"][file]
+        if "error" in expected:
+            continue
+        assert [d["category"] for d in found["detections"]] == [d["category"] for d in expected["detections"]]
+        assert len(found["detections"]) > 0
+        for a, e in zip(found["detections"], expected["detections"]):
+            assert np.allclose(a["bbox"], e["bbox"], atol=0.01 + BOX_TOL)
+
+
+def test_predict_cli_refuses_an_onnx_file_with_torch_options(tmp_path, capsys):
+    from detector.predict import main as predict_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["x.png", "--out", str(tmp_path / "o.jsonl"), "--backend", "onnxruntime"])
+    assert exit_info.value.code == 2 and "go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict_main(["x.png", "--out", str(tmp_path / "o.jsonl"), "--backend", "onnxruntime",
+                      "--onnx", "m.onnx", "--model", "small_r18_fpn"])
+    assert "without --model" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", ["maskrcnn_r50_fpn", "keypointrcnn_r50_fpn"])
 def test_torchvision_layout_presets_match_exact(preset, tmp_path):
     """The R50 presets (torchvision's layout: FrozenBN, RoIAlign aligned=False, 91 classes) with
