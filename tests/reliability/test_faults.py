@@ -46,7 +46,7 @@ class FaultyPredictor:
             self.calls.append(len(images))
             fail, self.faults = self.faults > 0, max(self.faults - 1, 0)
         if fail:
-            raise torch.OutOfMemoryError("injected: out of memory")
+            raise RuntimeError("injected: the model failed")  # out of memory is a 503 (tests/api/test_batcher.py)
         return self._real.predict(images)
 
 
