@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for e in catalogue.values():
                 ap = ", ".join(f"{k} {v}" for k, v in e.coco_val2017.items())
-                print(f"{e.name:28} preset {e.preset:22} COCO val2017: {ap}\n{'':28} {e.url}\n{'':28} sha256 {e.sha256 or e.sha256_prefix + '...'}; {e.license}")
+                known = f"sha256 {e.sha256 or e.sha256_prefix + '...'}" if e.sha256 or e.sha256_prefix else f"md5 {e.md5_prefix}..."
+                print(f"{e.name:28} preset {e.preset:22} COCO val2017: {ap}\n{'':28} {e.url}\n{'':28} {known}; {e.license}")
         elif args.command == "download":
             if args.name not in catalogue:
                 raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")
