@@ -34,7 +34,7 @@ SEED = 0
 MIN_SIZE, MAX_SIZE = 224, 320  # ResizeShortestEdge at test time: small images, a real resize
 IMAGE_SIZES = [(150, 200), (180, 140), (96, 256)]  # (H, W)
 
-# Narrow widths (Detectron2's own config options) so that the weights are well under 1 MB a model.
+# Narrow widths (Detectron2's own config options) so that the fixtures stay small.
 NARROW = [
     "MODEL.RESNETS.STEM_OUT_CHANNELS", 8, "MODEL.RESNETS.RES2_OUT_CHANNELS", 16, "MODEL.RESNETS.WIDTH_PER_GROUP", 4,
     "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 32, "MODEL.ROI_MASK_HEAD.CONV_DIM", 16,
