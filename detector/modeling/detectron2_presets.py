@@ -8,7 +8,8 @@ were trained and evaluated with; detectron2/config/defaults.py unless said):
 - trunk: MSRA's ResNets stride in the 1x1 conv (RESNETS.STRIDE_IN_1X1), FAIR's ResNeXt in the 3x3;
   FrozenBN eps 1e-5; stages res3..res5 train (BACKBONE.FREEZE_AT 2);
 - anchors at the levels' nominal strides, not rounded (DefaultAnchorGenerator, OFFSET 0.0);
-- RPN: 1000 proposals per image after NMS in training (Base-RCNN-FPN.yaml; 1500 for keypoints), L1 loss;
+- RPN: NMS ranks by the logits; 1000 proposals per image after NMS in training (Base-RCNN-FPN.yaml; 1500
+  for keypoints), L1 loss;
 - RoIAlignV2 (aligned=True) with adaptive sampling (POOLER_SAMPLING_RATIO 0), levels by
   detectron2/modeling/poolers.py's rule; box L1 loss (SMOOTH_L1_BETA 0; 0.5 for keypoints);
 - inference: no small-box filter before NMS, empty boxes dropped after it (detector_postprocess); masks
@@ -51,7 +52,7 @@ def detectron2_config(class_names: tuple[str, ...], trunk: str, *, masks: bool =
         class_names=class_names,
         backbone=BackboneConfig(arch=arch, stride_in_1x1=stride_in_1x1),
         anchors=AnchorConfig(strides=(4, 8, 16, 32, 64), round_cell_anchors=False),
-        rpn=RPNConfig(post_nms_top_n_train=1500 if keypoints else 1000, smooth_l1_beta=0.0),
+        rpn=RPNConfig(post_nms_top_n_train=1500 if keypoints else 1000, smooth_l1_beta=0.0, nms_on_logits=True),
         box=BoxHeadConfig(aligned=True, sampling_ratio=0, smooth_l1_beta=0.5 if keypoints else 0.0,
                           min_box_size=0.0, drop_empty_after_topk=True, pooler_levels="detectron2"),
         mask=MaskHeadConfig(sampling_ratio=0, paste="detectron2") if masks else None,
