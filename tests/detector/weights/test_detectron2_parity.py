@@ -17,6 +17,7 @@ from bench.detectron2_parity import FIXTURES, PRESETS, fixture_model, golden
 from bench.detectron2_parity import images as fixture_images
 from detector.mask_paste import paste_mask_probs
 from detector.structures import Detections
+from detector.weights import load_weights
 from tests.detector.modeling.test_fast_inference import assert_same_detections
 from tests.inputs import missing_input
 
@@ -81,3 +82,16 @@ def test_the_background_row_matters(images):
     load_state_dict_strict(model, state)
     det, ref = model.predict(images[:1])[0], golden(case, 1)[0]
     assert len(det) != len(ref["boxes"]) or not torch.equal(det.labels, ref["classes"] + 1)
+
+
+def test_a_detectron2_pth_checkpoint_loads_as_its_pkl(tmp_path, images):
+    """Detectron2's own training checkpoints (.pth: {"model": state_dict, "iteration": ...}) go through
+    the restricted torch reading and the same renaming, and give the same detections."""
+    from detector.weights.detectron2_pickle import read_detectron2_pickle
+
+    case = "faster_rcnn_R_50_FPN_3x"
+    path = tmp_path / "model_0004999.pth"
+    torch.save({"model": read_detectron2_pickle(FIXTURES / f"{case}.pkl"), "iteration": 4999}, path)
+    model = fixture_model(case)
+    load_weights(model, path)
+    _assert_exact(model.predict(images[:1])[0], golden(case, 1)[0])
