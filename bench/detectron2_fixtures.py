@@ -41,7 +41,9 @@ NARROW = [
     "MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", (16, 16, 16, 16),
 ]
 # name -> (zoo config, extra overrides, std of the classifier's weights: the box head's features are of
-# another scale on each trunk, and scores that saturate at 1.0 would tie)
+# another scale on each trunk, and scores that saturate at 1.0 would tie; the keypoint heatmaps are scaled
+# alike, by cls_std / CLS_STD)
+CLS_STD = 0.15
 CASES = {
     "faster_rcnn_R_50_FPN_3x": ("COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", [], 0.15),
     "mask_rcnn_R_50_FPN_3x": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml", [], 0.15),
@@ -49,6 +51,8 @@ CASES = {
     # ResNeXt-101 (FAIR's: stride in the 3x3, its pixel std), 4 groups x 2 channels at res2.
     "mask_rcnn_X_101_32x8d_FPN_3x": ("COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml",
                                      ["MODEL.RESNETS.NUM_GROUPS", 4, "MODEL.RESNETS.WIDTH_PER_GROUP", 2], 0.03),
+    "keypoint_rcnn_X_101_32x8d_FPN_3x": ("COCO-Keypoints/keypoint_rcnn_X_101_32x8d_FPN_3x.yaml",
+                                         ["MODEL.RESNETS.NUM_GROUPS", 4, "MODEL.RESNETS.WIDTH_PER_GROUP", 2], 0.004),
 }
 
 
@@ -110,6 +114,8 @@ def randomise(model, seed: int, cls_std: float) -> None:
         model.proposal_generator.rpn_head.objectness_logits.weight.normal_(0, 0.1, generator=g)
         if hasattr(heads, "mask_head"):  # masks of a trained model: probabilities mostly far from 0.5
             heads.mask_head.predictor.weight.normal_(0, 0.5, generator=g)
+        if hasattr(heads, "keypoint_head"):  # heatmap logits of the classifier's scale, not wilder
+            heads.keypoint_head.score_lowres.weight.mul_(cls_std / CLS_STD)
 
 
 def instances_to_arrays(instances) -> dict:

@@ -34,6 +34,7 @@ PRESETS = {
     "mask_rcnn_R_50_FPN_3x": "d2_maskrcnn_r50_fpn_3x",
     "keypoint_rcnn_R_50_FPN_3x": "d2_keypointrcnn_r50_fpn_3x",
     "mask_rcnn_X_101_32x8d_FPN_3x": "d2_maskrcnn_x101_32x8d_fpn_3x",
+    "keypoint_rcnn_X_101_32x8d_FPN_3x": "d2_keypointrcnn_x101_32x8d_fpn_3x",
 }
 BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnext101_32x8d": (3, 4, 23, 3)}  # RESNETS.DEPTH
 
