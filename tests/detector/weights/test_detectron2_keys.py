@@ -107,3 +107,16 @@ def test_a_file_that_is_no_trunk_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"model": {"roi_heads.box_head.fc1.weight": np.zeros(1, np.float32)}}))
     with pytest.raises(ValueError, match="other.pkl: holds no ResNet trunk"):
         read_detectron2_trunk(path)
+
+
+def test_the_trunk_of_a_detectron2_checkpoint_loads_into_our_trunk():
+    """``read_detectron2_trunk`` on a model_final .pkl: its backbone.bottom_up, nothing else."""
+    from bench.detectron2_parity import FIXTURES, PRESETS, fixture_model
+
+    case = "mask_rcnn_X_101_32x8d_FPN_3x"  # a grouped trunk, stride in the 3x3 (tests/fixtures/detectron2/)
+    assert case in PRESETS
+    model = fixture_model(case)
+    trunk = ResNetBackbone(model.cfg.backbone)
+    load_state_dict_strict(trunk, read_detectron2_trunk(FIXTURES / f"{case}.pkl"))
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(trunk.state_dict()[k], v), k
