@@ -228,7 +228,7 @@ def mask_polygons(det: Detections) -> list[list[list[float]]]:
     if det.mask_probs is None:
         raise ValueError("mask_polygons needs detections with masks (mask_probs is None)")
     out = []
-    for window, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size):
+    for window, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size, rule=det.mask_paste):
         if window.numel() == 0:
             out.append([])
             continue

@@ -52,6 +52,8 @@ class Detections:
     has_keypoints (Tensor[K], bool): which detections have keypoints (those of the model's keypoint
         classes, e.g. persons); with ``keypoints``, and all True when only ``keypoints`` is given.
     image_size: (H, W) of the image the detections are in.
+    mask_paste: how ``masks()`` and ``rle_masks()`` paste (``detector.mask_paste.PASTE_RULES``): the
+        model's own rule (its MaskHeadConfig.paste), "torchvision" unless it was trained by Detectron2.
     """
 
     boxes: Tensor
@@ -61,6 +63,7 @@ class Detections:
     mask_probs: Tensor | None = None
     keypoints: Tensor | None = None
     has_keypoints: Tensor | None = None
+    mask_paste: str = "torchvision"
 
     def __post_init__(self) -> None:
         if self.keypoints is not None and self.has_keypoints is None:
@@ -92,13 +95,13 @@ class Detections:
         """Full-image binary masks, Tensor[K, H, W] bool. Memory: K*H*W bytes."""
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
-        return paste_masks(self.mask_probs, self.boxes, self.image_size, threshold)
+        return paste_masks(self.mask_probs, self.boxes, self.image_size, threshold, self.mask_paste)
 
     def rle_masks(self, threshold: float = 0.5) -> list[dict]:
         """COCO compressed RLE of each mask, without building full-image masks."""
         if self.mask_probs is None:
             raise ValueError("these detections have no masks (the model has no mask head)")
-        return masks_to_rle(self.mask_probs, self.boxes, self.image_size, threshold)
+        return masks_to_rle(self.mask_probs, self.boxes, self.image_size, threshold, self.mask_paste)
 
 
 def _map_tensors(obj, fn):

@@ -103,7 +103,8 @@ def _render(image: np.ndarray, det: Detections, result: dict) -> bytes:
     has_masks = det.mask_probs is not None and any("mask" in d for d in result["detections"])
     windows = None
     if has_masks:
-        windows = ((w.numpy(), y0, x0) for w, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size))
+        windows = ((w.numpy(), y0, x0)
+                   for w, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size, rule=det.mask_paste))
     return render_png(image, result, masks=windows)
 
 

@@ -47,6 +47,17 @@ class BackboneConfig:
     gn_groups: int = 32
     # How many stages train, counted from the top (0..5); 3 = layer2..layer4 as in torchvision and Detectron2.
     trainable_stages: int = 3
+    # Detectron2's MSRA trunks (R-50.pkl, R-101.pkl: RESNETS.STRIDE_IN_1X1) stride in each stage's first
+    # 1x1 conv; torchvision's and FAIR's in the 3x3.
+    stride_in_1x1: bool = False
+    # A bottleneck trunk of other depth or widths than ``arch``'s, as Detectron2's RESNETS.* options make
+    # them: blocks per stage (None: ``arch``'s own, and the fields below are unused), the stem's and res2's
+    # output channels, ResNeXt groups and channels per group of res2's 3x3 convs (doubling per stage).
+    blocks: tuple[int, int, int, int] | None = None
+    stem_channels: int = 64
+    res2_out_channels: int = 256
+    groups: int = 1
+    width_per_group: int = 64
 
 
 class ResNetBackbone(nn.Module):
@@ -60,7 +71,9 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"unknown norm {cfg.norm!r}; choose one of {NORMS}")
         if not 0 <= cfg.trainable_stages <= 5:
             raise ValueError(f"trainable_stages must be in 0..5, got {cfg.trainable_stages}")
-        trunk = ARCHITECTURES[cfg.arch](weights=None, norm_layer=_norm_layer(cfg))
+        trunk = ARCHITECTURES[cfg.arch](weights=None, norm_layer=_norm_layer(cfg)) if cfg.blocks is None else _custom_trunk(cfg)
+        if cfg.stride_in_1x1:
+            _stride_in_1x1(trunk)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.out_channels = [self._stage_channels(getattr(self, f"layer{i}")) for i in range(1, 5)]
@@ -112,6 +125,46 @@ class ResNetBackbone(nn.Module):
     def has_frozen_bn(self) -> bool:
         """Whether its norms are FrozenBatchNorm2d, which ``for_inference`` can fold into the convs."""
         return isinstance(self.bn1, FrozenBatchNorm2d)
+
+
+def _custom_trunk(cfg: BackboneConfig) -> nn.Module:
+    """A torchvision-style bottleneck ResNet of ``cfg.blocks`` and widths (conv1, bn1, relu, maxpool,
+    layer1..4 of torchvision Bottlenecks). Stage i (0..3) outputs res2_out_channels * 2^i channels through
+    3x3 convs of groups * width_per_group * 2^i channels, as Detectron2's ResNet builds them."""
+    norm_layer = _norm_layer(cfg)
+    out2, width2 = cfg.res2_out_channels, cfg.groups * cfg.width_per_group
+    if out2 % Bottleneck.expansion or (width2 * Bottleneck.expansion * 64) % (out2 * cfg.groups):
+        raise ValueError(f"res2_out_channels {out2} must be a multiple of {Bottleneck.expansion} that gives "
+                         f"{cfg.groups} x {cfg.width_per_group} channels per 3x3 conv in whole numbers")
+    base_width = width2 * Bottleneck.expansion * 64 // (out2 * cfg.groups)  # torchvision's width_per_group
+    trunk = nn.Module()
+    trunk.conv1 = nn.Conv2d(3, cfg.stem_channels, 7, stride=2, padding=3, bias=False)
+    trunk.bn1, trunk.relu = norm_layer(cfg.stem_channels), nn.ReLU(inplace=True)
+    trunk.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    in_channels = cfg.stem_channels
+    for i, count in enumerate(cfg.blocks):
+        planes, stride = out2 // Bottleneck.expansion * 2**i, 1 if i == 0 else 2
+        blocks = []
+        for b in range(count):
+            downsample = None
+            if b == 0 and (stride != 1 or in_channels != planes * Bottleneck.expansion):
+                downsample = nn.Sequential(nn.Conv2d(in_channels, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                                           norm_layer(planes * Bottleneck.expansion))
+            blocks.append(Bottleneck(in_channels, planes, stride if b == 0 else 1, downsample, cfg.groups, base_width,
+                                     norm_layer=norm_layer))
+            in_channels = planes * Bottleneck.expansion
+        setattr(trunk, f"layer{i + 1}", nn.Sequential(*blocks))
+    return trunk
+
+
+def _stride_in_1x1(trunk: nn.Module) -> None:
+    """Move the stride of each stage's first bottleneck from its 3x3 conv (torchvision) to its first 1x1
+    conv (MSRA's trunks); the 3x3 keeps its padding, so the output sizes are the same."""
+    for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
+        block = stage[0]
+        if not isinstance(block, Bottleneck):
+            raise ValueError("stride_in_1x1 needs a bottleneck trunk (ResNet-50 and deeper)")
+        block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
 
 
 def _block_for_inference(block: nn.Module, options: InferenceOptions) -> nn.Module:

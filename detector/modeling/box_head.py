@@ -34,6 +34,12 @@ class BoxHeadConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # Boxes narrower or lower than this (pixels) are dropped before NMS (torchvision); Detectron2 drops
+    # none there (0.0) but drops the empty ones after the top detections_per_image (drop_empty_after_topk).
+    min_box_size: float = 1e-2
+    drop_empty_after_topk: bool = False
+    # Which FPN level pools a box: "torchvision" or "detectron2" (poolers.LEVEL_RULES), for every head.
+    pooler_levels: str = "torchvision"
 
 
 class BoxHead(nn.Module):
@@ -92,8 +98,11 @@ def box_inference(
         b, s, labels = b[:, 1:].reshape(-1, 4), s[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
         keep = torch.where(s > cfg.score_thresh)[0]
         b, s, labels = b[keep], s[keep], labels[keep]
-        keep = remove_small_boxes(b, min_size=1e-2)
-        b, s, labels = b[keep], s[keep], labels[keep]
+        if cfg.min_box_size > 0:
+            keep = remove_small_boxes(b, min_size=cfg.min_box_size)
+            b, s, labels = b[keep], s[keep], labels[keep]
         keep = batched_nms(b, s, labels, cfg.nms_thresh)[: cfg.detections_per_image]
+        if cfg.drop_empty_after_topk:  # detectron2's detector_postprocess: Boxes.nonempty()
+            keep = keep[(b[keep, 2] > b[keep, 0]) & (b[keep, 3] > b[keep, 1])]
         results.append((b[keep], s[keep], labels[keep]))
     return results

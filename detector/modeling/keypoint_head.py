@@ -23,6 +23,9 @@ class KeypointHeadConfig:
     sampling_ratio: int = 2
     num_convs: int = 8  # Mask R-CNN's keypoint head
     conv_dim: int = 512
+    # A keypoint's score (KEYPOINT_SCORES): the heatmap logit at its maximum (torchvision), or Detectron2's
+    # "softmax": exp(logit - max) over the sum of exp(heatmap - max) at the 56 x 56 heatmap's resolution.
+    score: str = "logit"
 
 
 class KeypointHead(nn.Module):
@@ -77,11 +80,18 @@ def keypoint_loss(heatmap_logits: Tensor, targets: Tensor, valid: Tensor) -> Ten
     return F.cross_entropy(heatmap_logits.reshape(b * p, h * w)[valid], targets.reshape(-1)[valid])
 
 
-def heatmaps_to_keypoints(heatmaps: Tensor, boxes: Tensor) -> Tensor:
+KEYPOINT_SCORES = ("logit", "softmax")
+
+
+def heatmaps_to_keypoints(heatmaps: Tensor, boxes: Tensor, score: str = "logit") -> Tensor:
     """Decode (B, P, S, S) heatmap logits into image coordinates: Tensor[B, P, 3] as (x, y, score).
 
     Each heatmap is resized (bicubic) to its box's size in pixels, and the keypoint is the centre of the
-    maximum's pixel; the score is the logit there (Mask R-CNN, as in Detectron and torchvision)."""
+    maximum's pixel; the score is the logit there (Mask R-CNN, as in Detectron and torchvision), or with
+    ``score="softmax"`` Detectron2's (detectron2/modeling/roi_heads/keypoint_head.py): the resized map's
+    exp(logit - max) normalised by the sum of exp(heatmap - max) over the S x S heatmap."""
+    if score not in KEYPOINT_SCORES:
+        raise ValueError(f"keypoint score must be one of {KEYPOINT_SCORES}, got {score!r}")
     out = heatmaps.new_zeros((boxes.shape[0], heatmaps.shape[1], 3))
     widths = (boxes[:, 2] - boxes[:, 0]).clamp(min=1)
     heights = (boxes[:, 3] - boxes[:, 1]).clamp(min=1)
@@ -94,5 +104,9 @@ def heatmaps_to_keypoints(heatmaps: Tensor, boxes: Tensor) -> Tensor:
         x_int, y_int = pos % w, torch.div(pos, w, rounding_mode="floor")
         out[i, :, 0] = (x_int.float() + 0.5) * (widths[i] / w) + boxes[i, 0]
         out[i, :, 1] = (y_int.float() + 0.5) * (heights[i] / h) + boxes[i, 1]
-        out[i, :, 2] = roi_map[torch.arange(p, device=pos.device), y_int, x_int]
+        logits = roi_map[torch.arange(p, device=pos.device), y_int, x_int]  # (P,) the maxima
+        if score == "softmax":
+            peak = logits.view(p, 1, 1)
+            logits = (logits - peak.view(p)).exp_() / (heatmaps[i] - peak).exp_().sum((1, 2))
+        out[i, :, 2] = logits
     return out

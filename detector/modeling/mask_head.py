@@ -22,6 +22,9 @@ class MaskHeadConfig:
     sampling_ratio: int = 2
     num_convs: int = 4  # Mask R-CNN's FPN head: 4 x conv3x3-256
     conv_dim: int = 256
+    # How the masks are pasted into the image (detector.mask_paste.PASTE_RULES): as torchvision, or as
+    # Detectron2 (its checkpoints were evaluated so). Carried by each Detections (mask_paste).
+    paste: str = "torchvision"
 
 
 class MaskHead(nn.Module):

@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from torchvision.ops import box_area, roi_align, roi_pool
 
 
+LEVEL_RULES = ("torchvision", "detectron2")
+
+
 class MultiLevelRoIPooler(nn.Module):
     def __init__(
         self,
@@ -34,10 +37,14 @@ class MultiLevelRoIPooler(nn.Module):
         kind: str = "align",  # "align" (Mask R-CNN) or "pool" (Fast R-CNN's RoIPool)
         canonical_size: float = 224.0,
         canonical_level: int = 4,
+        levels: str = "torchvision",  # or "detectron2": where the level rule's epsilon goes (level_of)
     ) -> None:
         super().__init__()
         if kind not in ("align", "pool"):
             raise ValueError(f"pooler kind must be 'align' or 'pool', got {kind!r}")
+        if levels not in LEVEL_RULES:
+            raise ValueError(f"pooler levels must be one of {LEVEL_RULES}, got {levels!r}")
+        self.levels = levels
         self.output_size = (output_size, output_size)
         self.scales = [1.0 / s for s in strides]
         self.min_level = int(math.log2(strides[0]))
@@ -48,7 +55,10 @@ class MultiLevelRoIPooler(nn.Module):
     def level_of(self, boxes: Tensor) -> Tensor:
         """Index into the pooler's levels for each box (Tensor[B, 4]): Tensor[B] int64."""
         size = torch.sqrt(box_area(boxes))
-        level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_size) + 1e-6)
+        if self.levels == "detectron2":  # detectron2/modeling/poolers.py: the epsilon inside the log
+            level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_size + 1e-8))
+        else:  # torchvision's LevelMapper
+            level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_size) + 1e-6)
         return level.clamp(self.min_level, self.max_level).to(torch.int64) - self.min_level
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:

@@ -14,6 +14,7 @@ from detector.data.coco_keypoints import COCO_KEYPOINT_NAMES
 from detector.modeling.anchors import AnchorConfig, octave_sizes
 from detector.modeling.backbone import BackboneConfig
 from detector.modeling.box_head import BoxHeadConfig
+from detector.modeling.detectron2_presets import detectron2_config
 from detector.modeling.fpn import FPNConfig
 from detector.modeling.keypoint_head import KeypointHeadConfig
 from detector.modeling.mask_head import MaskHeadConfig
@@ -33,6 +34,8 @@ COCO_CLASSES = (
     "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
     "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
+# COCO's 80 classes in category-id order (Detectron2's contiguous ids), background first.
+COCO80_CLASSES = ("__background__",) + tuple(name for name in COCO_CLASSES[1:] if name != "N/A")
 # The built-in synthetic dataset's categories (detector.data.synthetic), in category-id order.
 SYNTHETIC_CLASSES = ("__background__", "circle", "square", "triangle", "person")
 
@@ -81,6 +84,23 @@ def small_r18_fpn() -> ModelConfig:
     )
 
 
+def _d2(kind: str, trunk: str) -> Callable[[], ModelConfig]:
+    """The builder of Detectron2's {kind}_rcnn_{trunk}_FPN_3x (detector.modeling.detectron2_presets)."""
+    def build() -> ModelConfig:
+        if kind == "keypoint":
+            return detectron2_config(("__background__", "person"), trunk, keypoints=True)
+        return detectron2_config(COCO80_CLASSES, trunk, masks=kind == "mask")
+
+    build.__doc__ = f"Detectron2's model zoo {kind}_rcnn_{trunk.upper()}_FPN_3x (published AP: weights/catalogue.json)."
+    return build
+
+
+# Detectron2's model zoo, named after its configs (configs/COCO-*/{kind}_rcnn_{trunk}_FPN_3x.yaml).
+D2_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    f"d2_{kind}rcnn_{trunk}_fpn_3x": _d2(kind, trunk)
+    for kind in ("faster", "mask", "keypoint") for trunk in ("r50", "r101", "x101_32x8d")
+}
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "fasterrcnn_r50_fpn": fasterrcnn_r50_fpn,
     "maskrcnn_r50_fpn": maskrcnn_r50_fpn,
@@ -88,6 +108,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "maskrcnn_x101_32x8d_fpn": maskrcnn_x101_32x8d_fpn,
     "maskkeypointrcnn_r50_fpn": maskkeypointrcnn_r50_fpn,
     "small_r18_fpn": small_r18_fpn,
+    **D2_PRESETS,
 }
 
 

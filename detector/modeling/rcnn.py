@@ -31,7 +31,7 @@ from detector.modeling.transform import (
     padded_size,
     preprocess,
     rescale_detections,
-    to_float,
+    to_model_pixels,
 )
 from detector.structures import Detections, Targets
 
@@ -103,7 +103,7 @@ class RCNN(nn.Module):
             raise RuntimeError("this copy was optimised for inference (BN folded or bf16): train the original model")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        images = [normalize(to_float(i), self.cfg.input) for i in images]
+        images = [normalize(to_model_pixels(i, self.cfg.input), self.cfg.input) for i in images]
         batch = batch_images(images, self.cfg.input.size_divisible)
         sizes = [tuple(i.shape[-2:]) for i in images]
         features = self.features(batch)

@@ -44,16 +44,21 @@ class RoIHeads(nn.Module):
         if keypoint is not None and not all(0 < label < num_classes for label in keypoint_labels):
             raise ValueError(f"keypoint_labels must be foreground labels in 1..{num_classes - 1}, got {keypoint_labels}")
         self.box_cfg = box
-        self.box_pooler = MultiLevelRoIPooler(box.pool_size, sampling_ratio=box.sampling_ratio, aligned=box.aligned, kind=box.pooler)
+        self.mask_paste = mask.paste if mask is not None else "torchvision"
+        self.box_pooler = MultiLevelRoIPooler(box.pool_size, sampling_ratio=box.sampling_ratio, aligned=box.aligned, kind=box.pooler,
+                                              levels=box.pooler_levels)
         self.box_head = BoxHead(in_channels, num_classes, box)
         self.mask_pooler = self.mask_head = self.keypoint_pooler = self.keypoint_head = None
         if mask is not None:
-            self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned)
+            self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned,
+                                                   levels=box.pooler_levels)
             self.mask_head = MaskHead(in_channels, num_classes, mask)
         self.keypoint_labels = tuple(keypoint_labels)  # a plain tuple, not a buffer: the state_dict keeps its keys
         self.num_keypoints = keypoint.num_keypoints if keypoint is not None else 0
+        self.keypoint_score = keypoint.score if keypoint is not None else "logit"
         if keypoint is not None:
-            self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio, aligned=box.aligned)
+            self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio,
+                                                       aligned=box.aligned, levels=box.pooler_levels)
             self.keypoint_head = KeypointHead(in_channels, keypoint)
 
     def forward(self, features: list[Tensor], proposals: list[Tensor], targets: list[Targets]) -> dict[str, Tensor]:
@@ -154,7 +159,7 @@ class RoIHeads(nn.Module):
         boxes = [d.boxes for d in results]
         probs = mask_inference(self.mask_head(self.mask_pooler(features, boxes)), torch.cat([d.labels for d in results]))
         for d, p in zip(results, probs.split([len(b) for b in boxes])):
-            d.mask_probs = p
+            d.mask_probs, d.mask_paste = p, self.mask_paste
 
     def _predict_keypoints(self, features: list[Tensor], results: list[Detections]) -> None:
         """Keypoints of the detections of the keypoint classes; the head runs on those boxes only, and
@@ -163,7 +168,7 @@ class RoIHeads(nn.Module):
         boxes = [d.boxes[s] for d, s in zip(results, selected)]  # [(K'_i, 4)]
         if any(len(b) for b in boxes):
             heatmaps = self.keypoint_head(self.keypoint_pooler(features, boxes))  # (sum K'_i, P, S, S)
-            keypoints = heatmaps_to_keypoints(heatmaps, torch.cat(boxes))  # (sum K'_i, P, 3)
+            keypoints = heatmaps_to_keypoints(heatmaps, torch.cat(boxes), self.keypoint_score)  # (sum K'_i, P, 3)
         else:
             keypoints = features[0].new_zeros((0, self.num_keypoints, 3))
         for d, s, k in zip(results, selected, keypoints.split([len(b) for b in boxes])):

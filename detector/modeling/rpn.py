@@ -36,6 +36,9 @@ class RPNConfig:
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     smooth_l1_beta: float = 1.0 / 9  # torchvision; Detectron2 uses 0 (L1)
+    # NMS ranks proposals by their objectness logits (Detectron2) rather than sigmoid probabilities
+    # (torchvision): the same order, except among logits large enough for the sigmoid to round to 1.0.
+    nms_on_logits: bool = False
 
 
 class RPNHead(nn.Module):
@@ -124,15 +127,17 @@ class RPN(nn.Module):
             start += count
         top_idx, levels = torch.cat(top_idx, dim=1), torch.cat(levels, dim=1)  # (N, K)
         batch = torch.arange(boxes.shape[0], device=boxes.device)[:, None]
-        boxes, scores = boxes[batch, top_idx], torch.sigmoid(logits[batch, top_idx])  # (N, K, 4), (N, K)
+        boxes, top_logits = boxes[batch, top_idx], logits[batch, top_idx]  # (N, K, 4), (N, K)
+        scores = torch.sigmoid(top_logits)
+        ranks = top_logits if self.cfg.nms_on_logits else scores
         proposals = []
-        for b, s, lvl, size in zip(boxes, scores, levels, image_sizes):
+        for b, s, r, lvl, size in zip(boxes, scores, ranks, levels, image_sizes):
             b = clip_boxes_to_image(b, size)
             keep = remove_small_boxes(b, self.cfg.min_size)
-            b, s, lvl = b[keep], s[keep], lvl[keep]
+            b, s, r, lvl = b[keep], s[keep], r[keep], lvl[keep]
             keep = torch.where(s >= self.cfg.score_thresh)[0]
-            b, s, lvl = b[keep], s[keep], lvl[keep]
-            keep = batched_nms(b, s, lvl, self.cfg.nms_thresh)[:post_nms]
+            b, r, lvl = b[keep], r[keep], lvl[keep]
+            keep = batched_nms(b, r, lvl, self.cfg.nms_thresh)[:post_nms]
             proposals.append(b[keep])
         return proposals
 

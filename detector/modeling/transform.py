@@ -13,14 +13,21 @@ tests/detector/modeling/test_anchors.py), clipping (``torchvision.ops.clip_boxes
 and box_head.py), mask pasting (mask_paste.py, tested against ``paste_masks_in_image``). Training
 resizes in the data pipeline (detector/data/transforms.py) to the same sizes, with the differences that
 its docstring gives.
+
+Detectron2's models take other inputs, each a field of ``InputConfig``: BGR channels, pixel_mean/std in
+0..255 units (``pixel_range=255``), and ``resize_rule="detectron2"``: its DefaultPredictor's order and
+arithmetic, the uint8 image resized first by Pillow (bilinear) to ResizeShortestEdge's size
+(``detectron2_resized_size``: sides rounded as int(x + 0.5)), then made float and normalised.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from detector.structures import Detections
@@ -33,6 +40,19 @@ class InputConfig:
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, RGB in [0, 1]
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     size_divisible: int = 32  # so that every FPN level halves exactly
+    # Detectron2's MSRA / FAIR trunks were trained on BGR images with mean and std in 0..255 units.
+    channel_order: str = "RGB"  # or "BGR": the order of pixel_mean / pixel_std and of the model's input
+    pixel_range: float = 1.0  # the model's value of a white pixel (uint8 255): 1.0, or 255.0 (Detectron2)
+    resize_rule: str = "torchvision"  # or "detectron2": Pillow on the uint8 image, sides int(x + 0.5)
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.resize_rule not in RESIZE_RULES:
+            raise ValueError(f"resize_rule must be one of {RESIZE_RULES}, got {self.resize_rule!r}")
+
+
+RESIZE_RULES = ("torchvision", "detectron2")
 
 
 def to_float(image: Tensor) -> Tensor:
@@ -43,6 +63,18 @@ def to_float(image: Tensor) -> Tensor:
     if not image.is_floating_point():
         raise TypeError(f"expected a float or uint8 image, got {image.dtype}")
     return image
+
+
+def to_model_pixels(image: Tensor, cfg: InputConfig) -> Tensor:
+    """An input image (3, H, W), uint8 or float in [0, 1] -> float in the model's units and channel order
+    (``to_float`` itself for the default RGB in [0, 1]). A uint8 image in 0..255 units is cast, not
+    divided and multiplied back, so its values stay whole."""
+    if cfg.pixel_range == 255.0 and image.dtype == torch.uint8:
+        x = image.float()
+    else:
+        x = to_float(image)
+        x = x * cfg.pixel_range if cfg.pixel_range != 1.0 else x
+    return x.flip(0) if cfg.channel_order == "BGR" else x
 
 
 def normalize(image: Tensor, cfg: InputConfig, *, inplace: bool = False) -> Tensor:
@@ -57,8 +89,35 @@ def preprocess(image: Tensor, cfg: InputConfig) -> Tensor:
     torchvision's order and arithmetic (float, normalise, resize). A uint8 image's float copy is normalised
     in place, one full-size float tensor per image rather than three, with the same numbers; a float image
     given by the caller is left as it is."""
+    if cfg.resize_rule == "detectron2":
+        return _preprocess_detectron2(image, cfg)
     x = to_float(image)
     return resize(normalize(x, cfg, inplace=x is not image), cfg.min_size, cfg.max_size)
+
+
+def _preprocess_detectron2(image: Tensor, cfg: InputConfig) -> Tensor:
+    """As Detectron2's DefaultPredictor and GeneralizedRCNN.preprocess_image: the uint8 image (a float
+    one is rounded to uint8 first) resized by Pillow's bilinear filter, then float, then normalised."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        image = (to_float(image).clamp(0, 1) * 255).round().to(torch.uint8)
+    size = detectron2_resized_size(image.shape[-2], image.shape[-1], cfg.min_size, cfg.max_size)
+    pil = Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((size[1], size[0]), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(pil).transpose(2, 0, 1).copy()).to(image.device)  # (3, H', W') uint8
+    return normalize(to_model_pixels(x, cfg), cfg, inplace=True)
+
+
+def detectron2_resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(H', W') as Detectron2's ResizeShortestEdge.get_output_shape: the shorter side to ``min_size``,
+    both scaled down if the longer passes ``max_size``, each side rounded as int(x + 0.5)."""
+    size = float(min_size)
+    scale = size / min(height, width)
+    new_h, new_w = (size, scale * width) if height < width else (scale * height, size)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:

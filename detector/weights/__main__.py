@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             for e in catalogue.values():
-                digest = e.sha256 or e.sha256_prefix + "..."
-                print(f"{e.name:28} {_what(e)}\n{'':28} {e.url}\n{'':28} sha256 {digest}; {e.license}")
+                known = f"sha256 {e.sha256 or e.sha256_prefix + '...'}" if e.sha256 or e.sha256_prefix else f"md5 {e.md5_prefix}..."
+                print(f"{e.name:28} {_what(e)}\n{'':28} {e.url}\n{'':28} {known}; {e.license}")
         elif args.command == "download":
             if args.name not in catalogue:
                 raise ValueError(f"no catalogue entry {args.name!r}; see `python -m detector.weights list`")

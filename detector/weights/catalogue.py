@@ -8,6 +8,10 @@ match. A file that claims an entry, by its name or by its hash starting as the e
 against the entry (full catalogue hash, else the recorded one found beside the file or in the cache,
 else the prefix) and refused when it does not match; so a renamed catalogued file is still checked,
 and a file under a catalogued name is never trusted for its name.
+
+Detectron2 publishes no SHA-256, only the first hex digits of each file's MD5 (in its name: "model_final_
+f10217.pkl"); its entries have an empty ``sha256_prefix`` and an ``md5_prefix``, which a file must match
+as well as the SHA-256 recorded at its first verified download. They are claimed by their name only.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Entry:
     imagenet_1k: dict = field(default_factory=dict)  # torchvision's published accuracy of the classifier
     frozen_bn_eps: float | None = None
     sha256: str | None = None
+    md5_prefix: str | None = None  # Detectron2's model zoo: the MD5 prefix in its file names
+    model_id: int | None = None  # Detectron2's model zoo: the model id of MODEL_ZOO.md
 
 
 def load_catalogue(path: Path | None = None) -> dict[str, Entry]:
@@ -63,6 +69,15 @@ def cache_dir() -> Path:
 def sha256_of(path: str | Path) -> str:
     """The hex SHA-256 of a file, read 1 MiB at a time (the weights can be hundreds of MB)."""
     digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _md5_of(path: str | Path) -> str:
+    """The hex MD5 of a file (Detectron2 names its files by it), read 1 MiB at a time."""
+    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -120,6 +135,9 @@ def verify(path: Path, entry: Entry, digest: str | None = None, directories: tup
     hashes are looked up beside the file and in the cache unless ``directories`` says where."""
     digest = digest or sha256_of(path)
     directories = directories if directories is not None else (Path(path).parent, cache_dir())
+    if entry.md5_prefix and not _md5_of(path).startswith(entry.md5_prefix.lower()):
+        raise ValueError(f"{path}: MD5 does not start with {entry.md5_prefix}, the catalogue's for entry {entry.name} "
+                         f"(as its publisher names it); refusing to use it")
     for expected, source in expectations(entry, directories):
         if not digest.startswith(expected):  # a full hash or a prefix
             raise ValueError(f"{path}: SHA-256 {digest} does not match {source} for catalogue entry {entry.name} "
@@ -130,7 +148,7 @@ def verify(path: Path, entry: Entry, digest: str | None = None, directories: tup
 def claimed_entries(path: Path, digest: str, catalogue: dict[str, Entry]) -> list[Entry]:
     """The entries a file claims to be: by its name, or by its hash starting as theirs."""
     return [e for e in catalogue.values()
-            if e.file_name == path.name or digest.startswith((e.sha256 or e.sha256_prefix).lower())]
+            if e.file_name == path.name or ((e.sha256 or e.sha256_prefix) and digest.startswith((e.sha256 or e.sha256_prefix).lower()))]
 
 
 def download(entry: Entry, directory: Path | None = None) -> Path:

@@ -28,6 +28,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detector.atomic import atomic_write_bytes
 from detector.modeling.backbone import set_frozen_bn_eps
+from detector.weights.detectron2_keys import convert_detectron2_state_dict, is_detectron2_state_dict
+from detector.weights.detectron2_pickle import read_detectron2_pickle
 from detector.weights.torchvision_keys import convert_torchvision_state_dict, is_torchvision_state_dict
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,15 @@ TORCHVISION_FROZEN_BN_EPS = 0.0
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a weights file: safetensors, or a torch file holding a state_dict (or a training
-    checkpoint with one under "model"). Raises ValueError naming the file when it cannot be read."""
+    """The tensors of a weights file: safetensors, a torch file holding a state_dict (or a training
+    checkpoint with one under "model"), or a Detectron2 ``.pkl`` of numpy arrays (read by a restricted
+    unpickler: ``detector.weights.detectron2_pickle``). Raises ValueError naming the file when it cannot
+    be read."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: weights file not found")
+    if path.suffix == ".pkl":
+        return read_detectron2_pickle(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
@@ -82,7 +88,8 @@ def read_metadata(path: str | Path) -> dict:
 
 def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None = None, *,
                  assign: bool = False) -> None:
-    """Load ``path`` into ``model`` strictly. torchvision checkpoints are renamed to our keys and, unless
+    """Load ``path`` into ``model`` strictly. Detectron2 checkpoints are renamed to our keys (background
+    class moved first); torchvision checkpoints are renamed to our keys and, unless
     ``frozen_bn_eps`` says otherwise, get FrozenBatchNorm eps = 0 as torchvision gives them; our files
     carry their eps in their metadata (see ``save_weights``). ``assign``: the model takes the file's
     tensors (cast to its dtypes where they differ) instead of copying them into its own."""
@@ -93,6 +100,8 @@ def load_weights(model: nn.Module, path: str | Path, frozen_bn_eps: float | None
         state = convert_torchvision_state_dict(state)
         if frozen_bn_eps is None:
             frozen_bn_eps = TORCHVISION_FROZEN_BN_EPS
+    elif is_detectron2_state_dict(state):  # its FrozenBN eps is the d2_* presets' own (1e-5)
+        state = convert_detectron2_state_dict(state)
     load_state_dict_strict(model, state, source=str(path), assign=assign)
     if frozen_bn_eps is not None:
         set_frozen_bn_eps(model, frozen_bn_eps)

@@ -54,7 +54,14 @@ def _disguised(path: Path, marker: Path) -> None:
     _raw_pickle(path, marker)
 
 
-MALICIOUS = [("evil.pth", _raw_pickle), ("evil-checkpoint.pth", _torch_zip), ("evil.safetensors", _disguised)]
+def _detectron2_pickle(path: Path, marker: Path) -> None:
+    """Detectron2's model_final .pkl layout (read by detector.weights.detectron2_pickle)."""
+    with path.open("wb") as f:
+        pickle.dump({"model": {"backbone.bottom_up.stem.conv1.weight": WritesMarker(marker)}, "__author__": "x"}, f)
+
+
+MALICIOUS = [("evil.pth", _raw_pickle), ("evil-checkpoint.pth", _torch_zip), ("evil.safetensors", _disguised),
+             ("model_final_evil.pkl", _detectron2_pickle)]
 
 
 def _load_error(app, timeout_s: float = 60.0) -> str | None:
