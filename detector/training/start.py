@@ -74,7 +74,7 @@ def read_start_trunk(model_cfg: ModelConfig, cfg: TrainConfig, *, preset: str,
     path = resolve_trunk(cfg.backbone_weights) if dist_info.is_main else None
     dist.barrier(dist_info)
     path = path if path is not None else resolve_trunk(cfg.backbone_weights)
-    return path, read_trunk(path, model_cfg.backbone, preset=preset)
+    return path, read_trunk(path, model_cfg.backbone, preset=preset, channel_order=model_cfg.input.channel_order)
 
 
 def initialise(model: nn.Module, cfg: TrainConfig, trunk: tuple[Path, dict[str, Tensor]] | None) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from detector.modeling.backbone import BackboneConfig
 from detector.modeling.presets import PRESETS
 from detector.weights.catalogue import download, load_catalogue, verify_if_catalogued
+from detector.weights.detectron2 import read_detectron2_trunk
 from detector.weights.loading import load_state_dict_strict, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -132,18 +133,30 @@ def trunk_state(state: dict[str, Tensor], cfg: BackboneConfig, *, source: str, p
     return trunk
 
 
-def read_trunk(path: str | Path, cfg: BackboneConfig, *, preset: str) -> dict[str, Tensor]:
-    """The trunk tensors of the ImageNet classifier file ``path`` for a trunk of ``cfg`` (``trunk_state``)."""
-    state = read_state_dict(path)
+def read_trunk(path: str | Path, cfg: BackboneConfig, *, preset: str,
+               channel_order: str = "RGB") -> dict[str, Tensor]:
+    """The trunk tensors of the ImageNet classifier file ``path`` for a trunk of ``cfg`` (``trunk_state``):
+    torchvision's classifier files, or Detectron2's ImageNet trunks (``.pkl``: MSRA's R-50/R-101, FAIR's
+    X-101-32x8d, in Caffe2's names), which were trained on BGR input and fit only a preset whose input
+    ``channel_order`` is BGR (the ``d2_*`` presets)."""
+    if Path(path).suffix == ".pkl":
+        if channel_order != "BGR":
+            raise ValueError(f"{path}: a Detectron2 ImageNet trunk, trained on BGR images; {preset} takes RGB input: "
+                             "start a d2_* preset from it, or this preset from a torchvision classifier file")
+        state = read_detectron2_trunk(path)
+    else:
+        state = read_state_dict(path)
     trunk = trunk_state(state, cfg, source=str(path), preset=preset)
     log.info("%s: %s for %s's trunk (%s)", path, trunk_shape(state, str(path)).describe(), preset, cfg.norm)
     return trunk
 
 
-def load_trunk(backbone: nn.Module, path: str | Path, cfg: BackboneConfig, *, preset: str) -> None:
+def load_trunk(backbone: nn.Module, path: str | Path, cfg: BackboneConfig, *, preset: str,
+               channel_order: str = "RGB") -> None:
     """Load the ImageNet classifier file ``path`` into ``backbone`` (a ``ResNetBackbone`` built from
     ``cfg``), strictly: every tensor of the trunk, BatchNorm statistics included."""
-    load_state_dict_strict(backbone, read_trunk(path, cfg, preset=preset), source=str(path))
+    load_state_dict_strict(backbone, read_trunk(path, cfg, preset=preset, channel_order=channel_order),
+                           source=str(path))
 
 
 def trunk_entries() -> dict[str, str]:

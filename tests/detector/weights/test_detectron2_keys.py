@@ -120,3 +120,26 @@ def test_the_trunk_of_a_detectron2_checkpoint_loads_into_our_trunk():
     load_state_dict_strict(trunk, read_detectron2_trunk(FIXTURES / f"{case}.pkl"))
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(trunk.state_dict()[k], v), k
+
+
+def test_an_msra_trunk_file_starts_a_d2_preset_and_is_refused_for_an_rgb_preset(tmp_path):
+    """--backbone-weights R-50.pkl: read into a d2_* preset's trunk (BGR input); a torchvision preset (RGB) is
+    told that the file was trained on BGR images."""
+    from detector.modeling.presets import get_preset
+    from detector.weights.imagenet import load_trunk
+
+    torch.manual_seed(0)
+    ours = ResNetBackbone(BackboneConfig(arch="resnet50"))
+    with torch.no_grad():
+        ours.layer3[1].bn2.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({_c2_name(k): v.numpy() for k, v in ours.state_dict().items()
+                                   if not k.endswith("num_batches_tracked")}, protocol=2))
+    cfg = get_preset("d2_maskrcnn_r50_fpn_3x")
+    trunk = ResNetBackbone(cfg.backbone)
+    load_trunk(trunk, path, cfg.backbone, preset="d2_maskrcnn_r50_fpn_3x", channel_order=cfg.input.channel_order)
+    assert torch.equal(trunk.layer3[1].bn2.running_var, ours.layer3[1].bn2.running_var)
+    assert torch.equal(trunk.layer4[2].conv3.weight, ours.layer4[2].conv3.weight)
+    rgb = get_preset("maskrcnn_r50_fpn")
+    with pytest.raises(ValueError, match="R-50.pkl: a Detectron2 ImageNet trunk, trained on BGR images"):
+        load_trunk(ResNetBackbone(rgb.backbone), path, rgb.backbone, preset="maskrcnn_r50_fpn")
