@@ -24,19 +24,21 @@ V2_BUILDERS = {"fasterrcnn_r50_fpn_v2": fasterrcnn_resnet50_fpn_v2, "maskrcnn_r5
 PRESETS = (*REFERENCES, *V2_BUILDERS)  # the presets that have a torchvision twin
 
 
-def torchvision_reference(preset: str, seed: int = 0, min_size: int = 320, max_size: int = 512, eps: float = 1e-5):
+def torchvision_reference(preset: str, seed: int = 0, min_size: int = 320, max_size: int = 512, eps: float = 1e-5,
+                          **options):
     """torchvision's model as its ``*_resnet50_fpn`` builders compose it when loading COCO weights
     (FrozenBatchNorm with ``eps``, 3 trainable stages), or as its ``*_resnet50_fpn_v2`` builder does
-    (BatchNorm2d; ``eps`` is not used), with every weight and BN statistic random under ``seed``; in eval."""
+    (BatchNorm2d; ``eps`` is not used), with every weight and BN statistic random under ``seed``; in eval.
+    ``options``: more of the model's keyword arguments (``rpn_post_nms_top_n_test=...``)."""
     torch.manual_seed(seed)
     if preset in V2_BUILDERS:
         model = V2_BUILDERS[preset](weights=None, weights_backbone=None, num_classes=91,
-                                    min_size=min_size, max_size=max_size)
+                                    min_size=min_size, max_size=max_size, **options)
         _randomise(model, seed)
         return model.eval()
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
     num_classes = 2 if preset == "keypointrcnn_r50_fpn" else 91
-    model = REFERENCES[preset](backbone, num_classes=num_classes, min_size=min_size, max_size=max_size)
+    model = REFERENCES[preset](backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **options)
     _randomise(model, seed)
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
