@@ -38,6 +38,20 @@ def test_catalogue_lists_the_published_checkpoints(capsys):
     assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in capsys.readouterr().out
 
 
+def test_v2_entries_are_torchvisions_published_files_and_ap():
+    """The v2 entries name the files of torchvision's weights enums, with the AP their meta publishes."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_V2_Weights
+
+    catalogue = load_catalogue()
+    for name, weights in (("fasterrcnn_r50_fpn_v2_coco", FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+                          ("maskrcnn_r50_fpn_v2_coco", MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1)):
+        entry = catalogue[name]
+        assert entry.url == weights.url and entry.preset == name.removesuffix("_coco")
+        assert entry.file_name.endswith(f"-{entry.sha256_prefix}.pth") and entry.frozen_bn_eps is None
+        published = {k.replace("_map", "_ap"): v for k, v in weights.meta["_metrics"]["COCO-val2017"].items()}
+        assert entry.coco_val2017 == published
+
+
 def test_download_from_a_local_address_verifies_and_caches(tmp_path):
     source = tmp_path / "published.pth"
     source.write_bytes(b"weights" * 1000)
