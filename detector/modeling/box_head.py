@@ -8,7 +8,7 @@ Shape shorthand: B RoIs over the batch, C+1 classes, S pool size, E conv width, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +74,15 @@ class BoxHead(nn.Module):
 
     def for_inference(self, options: InferenceOptions) -> nn.Module:
         """This head at inference (``detector.modeling.fast_inference``): a copy sharing its tensors, its
-        convs' BatchNorms folded in, under bf16 autocast if ``options.bf16``. The convs stay NCHW, as
-        RoIAlign gives them, and NNPACK does not pay on 7x7 maps."""
+        convs' BatchNorms folded in, their weights in the options' layout (oneDNN), under bf16 autocast if
+        ``options.bf16``. Never NNPACK: over the 7x7 maps of a thousand RoIs its Winograd tiles are
+        slower than oneDNN, which ``kernels.nnpack_pays`` (tuned on feature maps) cannot tell
+        (the box stage of bench/results/engine_v2_b1_nnpack_box_head.json against engine_v2_b1.json)."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
+        options = replace(options, nnpack=False)
         head = fast.shared_copy(self)
-        head.convs = nn.ModuleList(fast.inference_conv_block(c, options, channels_last=False) for c in self.convs)
+        head.convs = nn.ModuleList(fast.inference_conv_block(c, options) for c in self.convs)
         return fast.with_bf16(head, options)
 
 
