@@ -50,8 +50,9 @@ class MaskHead(nn.Module):
 
     def for_inference(self, options: InferenceOptions) -> nn.Module:
         """This head at inference under ``options`` (``detector.modeling.fast_inference``): its 3x3 convs
-        (BatchNorms folded in) by NNPACK where it pays, its deconv and 1x1 predictor in NHWC (oneDNN runs them faster so, even
-        after reordering their input), under bf16 autocast if ``options.bf16``; the rest shared."""
+        (BatchNorms folded in) by NNPACK where it pays, its deconv and 1x1 predictor in NHWC (oneDNN runs
+        them faster so, even after reordering their input), under bf16 autocast if ``options.bf16``; the
+        rest shared."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
         head = fast.shared_copy(self)
