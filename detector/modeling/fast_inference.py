@@ -118,8 +118,9 @@ def inference_conv(conv: nn.Conv2d, options: InferenceOptions, *, norm: nn.Modul
                    relu: bool = False, channels_last: bool | None = None) -> InferenceConv2d:
     """``conv``, then ``norm`` (None: none) and a ReLU, at inference under ``options``. A FrozenBatchNorm2d
     or BatchNorm2d ``norm`` (``foldable``) is folded into new weights when ``options.fuse_bn``; any other
-    stays after the conv (a copy sharing its tensors). ``channels_last`` (default ``options.channels_last``): weights in NHWC, except
-    for NNPACK's convs, which read NCHW. Weights left as they are stay shared with ``conv``."""
+    stays after the conv (a copy sharing its tensors). ``channels_last`` (default
+    ``options.channels_last``): weights in NHWC, except for NNPACK's convs, which read NCHW. Weights left
+    as they are stay shared with ``conv``."""
     fold = options.fuse_bn and foldable(norm)
     nnpack = options.nnpack and _nnpack_eligible(conv) and kernels.nnpack_available()
     kernel = "nnpack" if nnpack else "post_ops" if fold and kernels.fused_conv_available() else "conv2d"

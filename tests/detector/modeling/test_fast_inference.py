@@ -253,8 +253,7 @@ def test_fast_r50_gives_the_exact_detections(r50):
         assert f.mask_probs is not None and f.mask_probs.shape == e.mask_probs.shape
 
 
-# Faster R-CNN v2 is Mask R-CNN v2 without the mask head: slow only (20-30 s each on a loaded 2-core CPU).
-@pytest.mark.parametrize("preset", [pytest.param("fasterrcnn_r50_fpn_v2", marks=pytest.mark.slow), "maskrcnn_r50_fpn_v2"])
+@pytest.mark.parametrize("preset", ["fasterrcnn_r50_fpn_v2", "maskrcnn_r50_fpn_v2"])
 def test_fast_v2_gives_the_exact_detections(preset):
     """torchvision's v2 models (BatchNorm2d in trunk, FPN and heads; trained-looking statistics): every BN
     folded, the detections within the tolerance of the v1 models."""

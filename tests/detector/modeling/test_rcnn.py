@@ -123,7 +123,6 @@ def test_backbone_trainable_stages():
     assert all(p.requires_grad for p in gn.backbone.parameters())
 
 
-@pytest.mark.slow  # 30-60 s on a loaded 2-core CPU (make test-slow)
 def test_v2_preset_trains_with_batch_norm_and_its_frozen_stages_get_no_gradient():
     """maskrcnn_r50_fpn_v2: BatchNorm2d in trunk, FPN and heads, torchvision's trainable layers (layer2..4);
     a training step gives finite losses, gradients to what trains and none to the stem and layer1."""
