@@ -103,6 +103,24 @@ def test_convert_to_safetensors_keeps_detections_and_eps(tmp_path):
     assert len(da) > 0 and torch.equal(da.boxes, db.boxes) and torch.equal(da.labels, db.labels)
 
 
+def test_a_converted_v2_file_names_its_preset_and_gives_torchvisions_detections(tmp_path):
+    """torchvision's v2 Mask R-CNN (BatchNorm2d, their step counters included) -> safetensors -> a Predictor
+    that needs no preset: torchvision's detections, bit for bit."""
+    from bench.parity import compare
+
+    tv = torchvision_reference("maskrcnn_r50_fpn_v2", min_size=800, max_size=1333)
+    src, dst = tmp_path / "tv.pth", tmp_path / "v2.safetensors"
+    torch.save(tv.state_dict(), src)
+    assert main(["convert", str(src), str(dst), "--preset", "maskrcnn_r50_fpn_v2"]) == 0
+    predictor = Predictor.from_preset(None, dst, speed="exact")
+    assert predictor.name == "maskrcnn_r50_fpn_v2" and predictor.has_masks
+    image = torch.randint(0, 256, (200, 240, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    det = predictor.predict([image.numpy()])[0]
+    with torch.no_grad():
+        ref = tv([image.permute(2, 0, 1).float() / 255])[0]
+    assert len(det) > 10 and compare(ref, det)["identical"]
+
+
 def test_sha256_of_reads_a_file_of_several_chunks(tmp_path):
     from detector.weights.catalogue import sha256_of
 
