@@ -5,12 +5,14 @@ ours, stage by stage, in each of our speed modes (``detector.modeling.speeds.SPE
     python bench/engine.py --models fasterrcnn_r50_fpn maskrcnn_r50_fpn keypointrcnn_r50_fpn --batches 1 2 4
     python bench/engine.py --device cuda --modes exact fast bf16 --batches 1 4
     python bench/engine.py --models small_r18_fpn --size 480 640 --modes exact fast
+    python bench/engine.py --models fasterrcnn_r50_fpn_v2 maskrcnn_r50_fpn_v2 --modes exact fast
 
 small_r18_fpn, the built-in model, has no torchvision twin: it runs alone, with its built-in weights,
 and the fast modes are compared with the exact one ("vs ex" in the table: how many times faster).
 
-Both models get the same random weights (torchvision's COCO layout, FrozenBN with eps = 0, as for its
-checkpoints; see bench/reference.py) and the same images; their score
+Both models get the same random weights (torchvision's COCO layout: v1, FrozenBN with eps = 0, as for its
+checkpoints; v2, BatchNorm2d, as its ``*_resnet50_fpn_v2`` builders; trained-looking BN statistics; see
+bench/reference.py) and the same images; their score
 distributions are such that each image gives the full 100 detections, as a busy COCO image does.
 "end to end" includes what a service needs: masks as COCO RLE (torchvision: paste 100 full-image
 masks, then encode; ours: encode from the boxes). Stages are timed with forward hooks on our modules:
@@ -60,10 +62,11 @@ from detector.modeling.transform import InputConfig  # noqa: E402
 from detector.predictor import Predictor, inference_options  # noqa: E402
 from detector.weights.loading import TORCHVISION_FROZEN_BN_EPS, load_state_dict_strict  # noqa: E402
 from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
+from bench.machine import commit, cpu_info  # noqa: E402
+from bench.reference import PRESETS as TORCHVISION_MODELS  # noqa: E402  (v1 and v2)
 from bench.reference import torchvision_reference  # noqa: E402
 
 log = logging.getLogger("bench.engine")
-TORCHVISION_MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
 MODELS = (*TORCHVISION_MODELS, DEFAULT_PRESET)  # the built-in model has no torchvision twin: ours only
 STAGES = ("pre", "backbone", "fpn", "rpn", "box", "mask", "keypoint", "post")
 # Hooked modules, by stage: a stage's time is the sum of its modules' forward calls.
@@ -450,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                                 keep_memory=not args.no_kept_memory)
     print(format_table(rows))
     env = {"device": str(device), "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "threads": args.threads, "bf16_native": bf16_is_fast(device)}
+           "threads": args.threads, "bf16_native": bf16_is_fast(device), "command": " ".join(sys.argv),
+           "commit": commit(), "cpu": cpu_info()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Exact mode against torchvision's models on real COCO images, at their real sizes.
 
 For each model kind, torchvision's model is built as its ``*_resnet50_fpn`` builder composes it for COCO
-checkpoints (FrozenBatchNorm, eps = 0) with random weights and trained-looking BN statistics, saved as a
+checkpoints (FrozenBatchNorm, eps = 0), or as its ``*_resnet50_fpn_v2`` builder does (BatchNorm2d), with
+random weights and trained-looking BN statistics (bench/reference.py), saved as a
 torchvision checkpoint, and loaded by ``Predictor.from_preset(..., speed="exact")`` as a user would load
 it. Both run every image of the folders given (default: tiny_coco's val2017 and train2017, 100 COCO
 images), decoded once by ``detector.data.images.read_image``; torchvision gets that array as a float
@@ -32,9 +33,9 @@ from bench.machine import commit, cpu_info  # noqa: E402
 from detector.data.images import read_image  # noqa: E402
 from detector.modeling.transform import resized_size  # noqa: E402
 from detector.predictor import Predictor  # noqa: E402
-from bench.reference import torchvision_reference  # noqa: E402
+from bench.reference import PRESETS, torchvision_reference  # noqa: E402
 
-MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
+MODELS = PRESETS  # v1: fasterrcnn_r50_fpn, maskrcnn_r50_fpn, keypointrcnn_r50_fpn; v2: fasterrcnn_r50_fpn_v2, ...
 TINY_COCO = ROOT.parent / "shared" / "data" / "tiny_coco"
 
 

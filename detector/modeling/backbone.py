@@ -39,8 +39,9 @@ STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # in the order they 
 @dataclass(frozen=True)
 class BackboneConfig:
     arch: str = "resnet50"
-    # "frozen_bn" fine-tunes ImageNet/COCO weights (torchvision, Detectron2 default); frozen BN with random
-    # statistics does not normalise, so training from scratch needs "gn" (Wu & He, 2018) or "bn".
+    # "frozen_bn" fine-tunes ImageNet/COCO weights (torchvision v1, Detectron2 default); frozen BN with random
+    # statistics does not normalise, so training from scratch needs "gn" (Wu & He, 2018) or "bn" (BatchNorm2d,
+    # torchvision's v2 models; in eval a fixed map of its running statistics).
     norm: str = "frozen_bn"
     # torchvision's v1 COCO checkpoints were trained with eps = 0 (torchvision overwrites it on load).
     frozen_bn_eps: float = 1e-5
@@ -112,7 +113,7 @@ class ResNetBackbone(nn.Module):
 
     def for_inference(self, options: InferenceOptions) -> nn.Module:
         """This trunk at inference under ``options`` (``detector.modeling.fast_inference``): the stem and
-        each block rebuilt from their (conv, norm) pairs, FrozenBN folded in where ``options.fuse_bn``;
+        each block rebuilt from their (conv, norm) pairs, FrozenBN and BN folded in where ``options.fuse_bn``;
         the tensors it does not change are shared with this trunk, which is left as it is."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
@@ -120,11 +121,6 @@ class ResNetBackbone(nn.Module):
         stages = [nn.Sequential(*(_block_for_inference(b, options) for b in stage))
                   for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
         return fast.ResNetTrunk(stem, fast.shared_copy(self.maxpool), stages)
-
-    @property
-    def has_frozen_bn(self) -> bool:
-        """Whether its norms are FrozenBatchNorm2d, which ``for_inference`` can fold into the convs."""
-        return isinstance(self.bn1, FrozenBatchNorm2d)
 
 
 def _custom_trunk(cfg: BackboneConfig) -> nn.Module:

@@ -1,12 +1,14 @@
-"""Box head of Fast R-CNN with FPN: two fully connected layers over 7x7 RoIAlign features, then a
-classifier over C+1 classes (0 = background) and class-specific box deltas.
+"""Box head of Fast R-CNN with FPN: optional 3x3 convs (each with its norm and a ReLU) over 7x7 RoIAlign
+features, then one or two fully connected layers, then a classifier over C+1 classes (0 = background)
+and class-specific box deltas. torchvision's v1 head: two fc layers ("2fc"); its v2 head: four convs with
+BatchNorm and one fc ("4conv1fc", Wu et al. / Detectron's GN recipe with BN).
 
-Shape shorthand: B RoIs over the batch, C+1 classes, D fc width.
+Shape shorthand: B RoIs over the batch, C+1 classes, S pool size, E conv width, D fc width.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from detector.modeling.box_coder import decode_boxes
+from detector.modeling.norms import check_conv_norm, conv_of, with_norm
 from detector.modeling.speeds import InferenceOptions
 
 
@@ -24,6 +27,10 @@ class BoxHeadConfig:
     sampling_ratio: int = 2
     aligned: bool = False  # torchvision's checkpoints: False; our presets: True (Detectron2)
     pooler: str = "align"  # or "pool" (RoIPool)
+    num_convs: int = 0  # 3x3 convs before the fc layers; torchvision's v2 head: 4
+    conv_dim: int = 256
+    norm: str | None = None  # after each of those convs (detector.modeling.norms); v2: "bn"
+    num_fcs: int = 2  # 1 or 2 fc layers of fc_dim; v1: 2, v2: 1
     fc_dim: int = 1024
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
@@ -46,23 +53,43 @@ class BoxHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, cfg: BoxHeadConfig = BoxHeadConfig()) -> None:
         """``num_classes`` counts the background."""
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * cfg.pool_size**2, cfg.fc_dim)
-        self.fc2 = nn.Linear(cfg.fc_dim, cfg.fc_dim)
+        check_conv_norm(cfg.norm, "BoxHeadConfig.norm")
+        if cfg.num_fcs not in (1, 2):
+            raise ValueError(f"BoxHeadConfig.num_fcs must be 1 or 2, got {cfg.num_fcs}")
+        dims = [in_channels] + [cfg.conv_dim] * cfg.num_convs
+        self.convs = nn.ModuleList(
+            with_norm(nn.Conv2d(a, b, 3, padding=1, bias=cfg.norm is None), cfg.norm) for a, b in zip(dims[:-1], dims[1:])
+        )
+        for module in self.convs:  # as torchvision's FastRCNNConvFCHead
+            nn.init.kaiming_normal_(conv_of(module).weight, mode="fan_out", nonlinearity="relu")
+            if conv_of(module).bias is not None:
+                nn.init.zeros_(conv_of(module).bias)
+        self.fc1 = nn.Linear(dims[-1] * cfg.pool_size**2, cfg.fc_dim)
+        self.fc2 = nn.Linear(cfg.fc_dim, cfg.fc_dim) if cfg.num_fcs == 2 else None
         self.cls_score = nn.Linear(cfg.fc_dim, num_classes)
         self.bbox_pred = nn.Linear(cfg.fc_dim, num_classes * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, C, S, S) -> class logits (B, C+1), box deltas (B, (C+1)*4)."""
-        x = F.relu_(self.fc1(x.flatten(1)))
-        x = F.relu_(self.fc2(x))
+        for conv in self.convs:
+            x = F.relu_(conv(x))  # (B, E, S, S)
+        x = F.relu_(self.fc1(x.flatten(1)))  # (B, D)
+        if self.fc2 is not None:
+            x = F.relu_(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x)
 
     def for_inference(self, options: InferenceOptions) -> nn.Module:
-        """This head at inference: a copy sharing its tensors, under bf16 autocast if ``options.bf16``
-        (``detector.modeling.fast_inference``)."""
+        """This head at inference (``detector.modeling.fast_inference``): a copy sharing its tensors, its
+        convs' BatchNorms folded in, their weights in the options' layout (oneDNN), under bf16 autocast if
+        ``options.bf16``. Never NNPACK: over the 7x7 maps of a thousand RoIs its Winograd tiles are
+        slower than oneDNN, which ``kernels.nnpack_pays`` (tuned on feature maps) cannot tell
+        (the box stage of bench/results/engine_v2_b1_nnpack_box_head.json against engine_v2_b1.json)."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
-        return fast.with_bf16(fast.shared_copy(self), options)
+        options = replace(options, nnpack=False)
+        head = fast.shared_copy(self)
+        head.convs = nn.ModuleList(fast.inference_conv_block(c, options) for c in self.convs)
+        return fast.with_bf16(head, options)
 
 
 def fastrcnn_loss(

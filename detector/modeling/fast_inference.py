@@ -4,13 +4,15 @@ FPN, RPN, RoI heads and each head) out of the pieces here; what a form does not 
 the original model (``shared_copy``), so the fast copy holds new tensors only for the folded convs and
 for weights stored in another layout. Each speed-up is an explicit option (``InferenceOptions``):
 
-- ``fuse_bn``: fold each FrozenBatchNorm2d into the convolution before it (the blocks name the pairs:
-  ``ResNetBackbone.for_inference``). FrozenBN is the affine map y = x * s + (b - m * s), s = w /
-  sqrt(v + eps), so conv-then-BN equals one conv of weight W * s and bias c * s + b - m * s: exact in
-  real arithmetic, rounded in another order in float32 (tolerances: tests/detector/modeling/
-  test_fast_inference.py). Each residual block then runs its ReLUs and its residual add as oneDNN
-  post-ops of its convolutions: fewer passes over the activations, the same numbers. Trainable
-  BatchNorm and GroupNorm layers are kept after their convs (a GN/BN model gets the layouts and kernels).
+- ``fuse_bn``: fold each FrozenBatchNorm2d, and each BatchNorm2d (torchvision's v2 models: in eval it
+  is the same fixed map of its running statistics), into the convolution before it (the blocks name the
+  pairs: ``ResNetBackbone.for_inference``, the FPN's and the heads' ``(conv, norm)`` modules). Such a BN
+  is the affine map y = x * s + (b - m * s), s = w / sqrt(v + eps), so conv-then-BN equals one conv of
+  weight W * s and bias c * s + b - m * s: exact in real arithmetic, rounded in another order in
+  float32 (tolerances: tests/detector/modeling/test_fast_inference.py). Each residual block then runs
+  its ReLUs and its residual add as oneDNN post-ops of its convolutions: fewer passes over the
+  activations, the same numbers. GroupNorm layers are kept after their convs (a GN model gets the
+  layouts and kernels, and its fast copy can still train).
 - ``channels_last``: the backbone, FPN and RPN head run on NHWC tensors, which oneDNN's convolutions
   read without reordering, and so do the mask head's deconv and 1x1 predictor. The features go back
   to NCHW once before RoIAlign (``RCNN._predict_batch``), whose CPU kernel would otherwise copy them at
@@ -56,8 +58,16 @@ def shared_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def foldable(norm: nn.Module | None) -> bool:
+    """Whether ``norm`` is a fixed affine map at inference: a FrozenBatchNorm2d, or a BatchNorm2d with
+    running statistics and affine weights (which eval mode uses; the fast copy is always in eval)."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return True
+    return isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats and norm.affine
+
+
 @torch.no_grad()
-def fold_conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+def fold_conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """The (weight, bias) of one conv equal to bn(conv(.)): new tensors, computed in float64 and rounded
     once to the conv's dtype; ``conv`` and ``bn`` are left as they are."""
     scale = bn.weight.double() * (bn.running_var.double() + bn.eps).rsqrt()  # (C_out,)
@@ -107,10 +117,11 @@ class InferenceConv2d(nn.Module):
 def inference_conv(conv: nn.Conv2d, options: InferenceOptions, *, norm: nn.Module | None = None,
                    relu: bool = False, channels_last: bool | None = None) -> InferenceConv2d:
     """``conv``, then ``norm`` (None: none) and a ReLU, at inference under ``options``. A FrozenBatchNorm2d
-    ``norm`` is folded into new weights when ``options.fuse_bn``; any other stays after the conv (a copy
-    sharing its tensors). ``channels_last`` (default ``options.channels_last``): weights in NHWC, except
-    for NNPACK's convs, which read NCHW. Weights left as they are stay shared with ``conv``."""
-    fold = options.fuse_bn and isinstance(norm, FrozenBatchNorm2d)
+    or BatchNorm2d ``norm`` (``foldable``) is folded into new weights when ``options.fuse_bn``; any other
+    stays after the conv (a copy sharing its tensors). ``channels_last`` (default
+    ``options.channels_last``): weights in NHWC, except for NNPACK's convs, which read NCHW. Weights left
+    as they are stay shared with ``conv``."""
+    fold = options.fuse_bn and foldable(norm)
     nnpack = options.nnpack and _nnpack_eligible(conv) and kernels.nnpack_available()
     kernel = "nnpack" if nnpack else "post_ops" if fold and kernels.fused_conv_available() else "conv2d"
     nhwc = (options.channels_last if channels_last is None else channels_last) and not nnpack
@@ -120,6 +131,16 @@ def inference_conv(conv: nn.Conv2d, options: InferenceOptions, *, norm: nn.Modul
         bias = nn.Parameter(bias, requires_grad=False)
     norm = None if fold or norm is None else shared_copy(norm)
     return InferenceConv2d(conv, weight, bias, norm=norm, relu=relu, kernel=kernel)
+
+
+def inference_conv_block(module: nn.Module, options: InferenceOptions, *, relu: bool = False,
+                         channels_last: bool | None = None) -> InferenceConv2d:
+    """``inference_conv`` of a conv with its norm or without (``detector.modeling.norms.with_norm``: a
+    Conv2d, or nn.Sequential(conv, norm))."""
+    if isinstance(module, nn.Sequential):
+        conv, norm = module
+        return inference_conv(conv, options, norm=norm, relu=relu, channels_last=channels_last)
+    return inference_conv(module, options, relu=relu, channels_last=channels_last)
 
 
 def _in_layout(weight: Tensor, layout: torch.memory_format) -> nn.Parameter:
@@ -182,8 +203,8 @@ class MatmulRPNHead(nn.Module):
     each NCHW level: the 3x3 conv's output is read once rather than twice, and a matmul reads it faster
     than oneDNN's 1x1 conv with so few outputs. Same maths (``RPNHead.for_inference`` builds it)."""
 
-    def __init__(self, conv: InferenceConv2d, objectness_logits: nn.Conv2d, anchor_deltas: nn.Conv2d) -> None:
-        """``conv`` applies its own ReLU."""
+    def __init__(self, conv: nn.Module, objectness_logits: nn.Conv2d, anchor_deltas: nn.Conv2d) -> None:
+        """``conv``: the head's 3x3 conv(s), each applying its own ReLU."""
         super().__init__()
         self.conv = conv
         self.num_anchors = objectness_logits.out_channels

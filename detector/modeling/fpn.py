@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.modeling.norms import check_conv_norm, with_norm
 from detector.modeling.speeds import InferenceOptions
 
 
 @dataclass(frozen=True)
 class FPNConfig:
     out_channels: int = 256  # FPN paper, torchvision, Detectron2
-    norm: str | None = None  # None or "gn" (GroupNorm after each conv, for training from scratch)
+    # A norm after each conv (detector.modeling.norms): None (torchvision v1), "bn" (torchvision v2) or "gn"
+    # (GroupNorm, for training from scratch).
+    norm: str | None = None
     gn_groups: int = 32
 
 
@@ -29,8 +32,7 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: list[int], cfg: FPNConfig = FPNConfig()) -> None:
         super().__init__()
-        if cfg.norm not in (None, "gn"):
-            raise ValueError(f"FPN norm must be None or 'gn', got {cfg.norm!r}")
+        check_conv_norm(cfg.norm, "FPNConfig.norm")
         d = cfg.out_channels
         self.lateral_convs = nn.ModuleList(_conv(c, d, 1, cfg) for c in in_channels)
         self.output_convs = nn.ModuleList(_conv(d, d, 3, cfg) for _ in in_channels)
@@ -47,24 +49,15 @@ class FPN(nn.Module):
         return outputs
 
     def for_inference(self, options: InferenceOptions) -> FPN:
-        """This FPN at inference under ``options`` (``detector.modeling.fast_inference``): its convs (and
-        their GroupNorms) in the options' layouts and kernels, sharing the tensors they do not change."""
+        """This FPN at inference under ``options`` (``detector.modeling.fast_inference``): its convs in the
+        options' layouts and kernels, BatchNorms folded in, GroupNorms after them; sharing the tensors
+        they do not change."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
         fpn = fast.shared_copy(self)
-        fpn.lateral_convs = nn.ModuleList(_conv_for_inference(m, options) for m in self.lateral_convs)
-        fpn.output_convs = nn.ModuleList(_conv_for_inference(m, options) for m in self.output_convs)
+        fpn.lateral_convs = nn.ModuleList(fast.inference_conv_block(m, options) for m in self.lateral_convs)
+        fpn.output_convs = nn.ModuleList(fast.inference_conv_block(m, options) for m in self.output_convs)
         return fpn
-
-
-def _conv_for_inference(module: nn.Module, options: InferenceOptions) -> nn.Module:
-    """One of ``_conv``'s modules (a Conv2d, or a Conv2d then its GroupNorm) at inference."""
-    from detector.modeling import fast_inference as fast
-
-    if isinstance(module, nn.Sequential):
-        conv, norm = module
-        return fast.inference_conv(conv, options, norm=norm)
-    return fast.inference_conv(module, options)
 
 
 def _add_upsampled(lateral: Tensor, top_down: Tensor) -> Tensor:
@@ -91,6 +84,4 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, cfg: FPNConfig)
     nn.init.kaiming_uniform_(conv.weight, a=1)  # as in the FPN reference implementations
     if conv.bias is not None:
         nn.init.constant_(conv.bias, 0)
-    if cfg.norm is None:
-        return conv
-    return nn.Sequential(conv, nn.GroupNorm(cfg.gn_groups, out_channels))
+    return with_norm(conv, cfg.norm, cfg.gn_groups)

@@ -1,5 +1,6 @@
-"""Mask head of Mask R-CNN (He et al., 2017): convs over 14x14 RoIAlign features, a 2x deconv, and one
-28x28 mask logit map per class; the loss is binary cross-entropy on the ground-truth class's map.
+"""Mask head of Mask R-CNN (He et al., 2017): convs (each with its norm, if any, and a ReLU) over 14x14
+RoIAlign features, a 2x deconv, and one 28x28 mask logit map per class; the loss is binary cross-entropy
+on the ground-truth class's map. torchvision's v2 head has BatchNorm after its convs.
 
 Shape shorthand: B RoIs, C+1 classes, M = 2 * pool_size mask resolution (28).
 """
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detector.modeling.norms import check_conv_norm, conv_of, with_norm
 from detector.modeling.speeds import InferenceOptions
 
 
@@ -25,18 +27,23 @@ class MaskHeadConfig:
     # How the masks are pasted into the image (detector.mask_paste.PASTE_RULES): as torchvision, or as
     # Detectron2 (its checkpoints were evaluated so). Carried by each Detections (mask_paste).
     paste: str = "torchvision"
+    norm: str | None = None  # after each conv (detector.modeling.norms); torchvision's v2 head: "bn"
 
 
 class MaskHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, cfg: MaskHeadConfig = MaskHeadConfig()) -> None:
         super().__init__()
+        check_conv_norm(cfg.norm, "MaskHeadConfig.norm")
         dims = [in_channels] + [cfg.conv_dim] * cfg.num_convs
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
+        self.convs = nn.ModuleList(
+            with_norm(nn.Conv2d(a, b, 3, padding=1, bias=cfg.norm is None), cfg.norm) for a, b in zip(dims[:-1], dims[1:])
+        )
         self.deconv = nn.ConvTranspose2d(dims[-1], cfg.conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(cfg.conv_dim, num_classes, 1)
-        for layer in [*self.convs, self.deconv, self.predictor]:
+        for layer in [*map(conv_of, self.convs), self.deconv, self.predictor]:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(layer.bias, 0)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, D, S, S) -> mask logits (B, C+1, 2S, 2S)."""
@@ -46,12 +53,13 @@ class MaskHead(nn.Module):
 
     def for_inference(self, options: InferenceOptions) -> nn.Module:
         """This head at inference under ``options`` (``detector.modeling.fast_inference``): its 3x3 convs
-        by NNPACK where it pays, its deconv and 1x1 predictor in NHWC (oneDNN runs them faster so, even
-        after reordering their input), under bf16 autocast if ``options.bf16``; the rest shared."""
+        (BatchNorms folded in) by NNPACK where it pays, its deconv and 1x1 predictor in NHWC (oneDNN runs
+        them faster so, even after reordering their input), under bf16 autocast if ``options.bf16``; the
+        rest shared."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
         head = fast.shared_copy(self)
-        head.convs = nn.ModuleList(fast.inference_conv(c, options, channels_last=False) for c in self.convs)
+        head.convs = nn.ModuleList(fast.inference_conv_block(c, options, channels_last=False) for c in self.convs)
         if options.channels_last:
             head.deconv = fast.channels_last_copy(self.deconv)
             head.predictor = fast.channels_last_copy(self.predictor)

@@ -7,6 +7,8 @@ PRESET_NAMES = (
     "fasterrcnn_r50_fpn",
     "maskrcnn_r50_fpn",
     "keypointrcnn_r50_fpn",
+    "fasterrcnn_r50_fpn_v2",
+    "maskrcnn_r50_fpn_v2",
     "maskrcnn_x101_32x8d_fpn",
     "maskkeypointrcnn_r50_fpn",
     "small_r18_fpn",

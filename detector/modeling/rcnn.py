@@ -149,7 +149,7 @@ class RCNN(nn.Module):
         """A copy of this model, in eval mode, faster at ``predict``; this model is left as it is (it may
         be training). The defaults are Predictor's speed="fast"; see ``detector.modeling.fast_inference``.
 
-        ``fuse_bn``: fold FrozenBatchNorm into the convs (GN/BN models have none to fold) and run each
+        ``fuse_bn``: fold FrozenBatchNorm and BatchNorm into the convs (GN models have none to fold) and run each
         bottleneck's ReLUs and residual add inside its convs. ``channels_last``: backbone, FPN (and RPN
         head without NNPACK) in NHWC, and the mask head's deconv and 1x1 predictor. ``nnpack``: 3x3
         stride-1 convs by NNPACK on the CPU, and the RPN head's 1x1 convs as one matmul. ``bf16``: convs
@@ -159,7 +159,7 @@ class RCNN(nn.Module):
         Each block builds its own inference form; what a form leaves as it is (the box head, the poolers,
         NNPACK's convs, GroupNorms...) shares this model's tensors rather than copying them: training this
         model moves those in the copy too, so optimise it again after training."""
-        from detector.modeling.fast_inference import shared_copy  # not imported by the exact path
+        from detector.modeling.fast_inference import foldable, shared_copy  # not imported by the exact path
 
         if self.inference_options != InferenceOptions():
             raise ValueError(f"this model is already optimised ({self.inference_options}): optimise the original")
@@ -170,7 +170,7 @@ class RCNN(nn.Module):
         fast.rpn = self.rpn.for_inference(options)
         fast.roi_heads = self.roi_heads.for_inference(options)
         fast.inference_options = options
-        fast.inference_only = options.bf16 or (options.fuse_bn and self.backbone.has_frozen_bn)
+        fast.inference_only = options.bf16 or (options.fuse_bn and any(foldable(m) for m in self.modules()))
         return fast.eval()
 
 

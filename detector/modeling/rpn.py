@@ -39,15 +39,20 @@ class RPNConfig:
     # NMS ranks proposals by their objectness logits (Detectron2) rather than sigmoid probabilities
     # (torchvision): the same order, except among logits large enough for the sigmoid to round to 1.0.
     nms_on_logits: bool = False
+    conv_depth: int = 1  # 3x3 convs (each with a ReLU) before the two 1x1 predictors; torchvision's v2 head: 2
 
 
 class RPNHead(nn.Module):
-    def __init__(self, channels: int, num_anchors: int) -> None:
+    def __init__(self, channels: int, num_anchors: int, conv_depth: int = 1) -> None:
+        """``conv_depth`` 3x3 convs: ``conv`` (the v1 head's only one), then ``extra_convs``."""
         super().__init__()
+        if conv_depth < 1:
+            raise ValueError(f"RPNConfig.conv_depth must be at least 1, got {conv_depth}")
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.extra_convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(conv_depth - 1))
         self.objectness_logits = nn.Conv2d(channels, num_anchors, 1)
         self.anchor_deltas = nn.Conv2d(channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
+        for layer in (self.conv, *self.extra_convs, self.objectness_logits, self.anchor_deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0)
 
@@ -55,7 +60,9 @@ class RPNHead(nn.Module):
         """Per level: objectness (N, A, Hl, Wl) and deltas (N, A*4, Hl, Wl)."""
         logits, deltas = [], []
         for x in features:
-            t = F.relu_(self.conv(x))
+            t = F.relu_(self.conv(x))  # (N, C, Hl, Wl)
+            for conv in self.extra_convs:
+                t = F.relu_(conv(t))
             logits.append(self.objectness_logits(t))
             deltas.append(self.anchor_deltas(t))
         return logits, deltas
@@ -66,11 +73,13 @@ class RPNHead(nn.Module):
         options' layout; under bf16 autocast if ``options.bf16``. Shares the tensors it does not change."""
         from detector.modeling import fast_inference as fast  # not imported by the exact path
 
-        if options.nnpack:
-            conv = fast.inference_conv(self.conv, options, relu=True, channels_last=False)  # the matmul reads NCHW
+        if options.nnpack:  # the matmul reads NCHW
+            conv = nn.Sequential(*(fast.inference_conv(c, options, relu=True, channels_last=False)
+                                   for c in (self.conv, *self.extra_convs)))
             return fast.with_bf16(fast.MatmulRPNHead(conv, self.objectness_logits, self.anchor_deltas), options)
         head = fast.shared_copy(self)
         head.conv = fast.inference_conv(self.conv, options)
+        head.extra_convs = nn.ModuleList(fast.inference_conv(c, options) for c in self.extra_convs)
         head.objectness_logits = fast.inference_conv(self.objectness_logits, options)
         head.anchor_deltas = fast.inference_conv(self.anchor_deltas, options)
         return fast.with_bf16(head, options)
@@ -81,7 +90,7 @@ class RPN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.anchor_generator = AnchorGenerator(anchors)
-        self.head = RPNHead(channels, self.anchor_generator.num_anchors_per_location)
+        self.head = RPNHead(channels, self.anchor_generator.num_anchors_per_location, cfg.conv_depth)
 
     def forward(
         self,

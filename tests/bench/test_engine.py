@@ -15,7 +15,9 @@ def test_engine_bench_runs_at_a_tiny_size(tmp_path, capsys):
     out = tmp_path / "engine.json"
     assert main(["--models", "maskrcnn_r50_fpn", "--size", "64", "96", "--threads", "1", "--repeat", "0",
                  "--modes", "exact", "fast", "--torchvision-kept-memory", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["cpu"]["flags"] and set(report["cpu"]["simd"]) <= set(report["cpu"]["flags"])  # what it ran on
+    rows = report["rows"]
     assert [r["impl"] for r in rows] == ["torchvision", "torchvision+kept-memory", "ours-exact", "ours-fast"]
     assert [r["kept_memory"] for r in rows] == [False, True, True, True]
     # Counted over the pass alone: a first pass faults its memory in; its system time fits in its wall time

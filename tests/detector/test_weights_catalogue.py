@@ -40,6 +40,20 @@ def test_catalogue_lists_the_published_checkpoints(capsys):
     assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in capsys.readouterr().out
 
 
+def test_v2_entries_are_torchvisions_published_files_and_ap():
+    """The v2 entries name the files of torchvision's weights enums, with the AP their meta publishes."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_V2_Weights
+
+    catalogue = load_catalogue()
+    for name, weights in (("fasterrcnn_r50_fpn_v2_coco", FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+                          ("maskrcnn_r50_fpn_v2_coco", MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1)):
+        entry = catalogue[name]
+        assert entry.url == weights.url and entry.preset == name.removesuffix("_coco")
+        assert entry.file_name.endswith(f"-{entry.sha256_prefix}.pth") and entry.frozen_bn_eps is None
+        published = {k.replace("_map", "_ap"): v for k, v in weights.meta["_metrics"]["COCO-val2017"].items()}
+        assert entry.coco_val2017 == published
+
+
 def test_download_from_a_local_address_verifies_and_caches(tmp_path):
     source = tmp_path / "published.pth"
     source.write_bytes(b"weights" * 1000)
@@ -89,6 +103,24 @@ def test_convert_to_safetensors_keeps_detections_and_eps(tmp_path):
     image = [torch.rand(3, 200, 240, generator=torch.Generator().manual_seed(0))]
     da, db = a.predict(image)[0], b.predict(image)[0]
     assert len(da) > 0 and torch.equal(da.boxes, db.boxes) and torch.equal(da.labels, db.labels)
+
+
+def test_a_converted_v2_file_names_its_preset_and_gives_torchvisions_detections(tmp_path):
+    """torchvision's v2 Mask R-CNN (BatchNorm2d, their step counters included) -> safetensors -> a Predictor
+    that needs no preset: torchvision's detections, bit for bit."""
+    from bench.parity import compare
+
+    tv = torchvision_reference("maskrcnn_r50_fpn_v2", min_size=800, max_size=1333)
+    src, dst = tmp_path / "tv.pth", tmp_path / "v2.safetensors"
+    torch.save(tv.state_dict(), src)
+    assert main(["convert", str(src), str(dst), "--preset", "maskrcnn_r50_fpn_v2"]) == 0
+    predictor = Predictor.from_preset(None, dst, speed="exact")
+    assert predictor.name == "maskrcnn_r50_fpn_v2" and predictor.has_masks
+    image = torch.randint(0, 256, (200, 240, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    det = predictor.predict([image.numpy()])[0]
+    with torch.no_grad():
+        ref = tv([image.permute(2, 0, 1).float() / 255])[0]
+    assert len(det) > 10 and compare(ref, det)["identical"]
 
 
 def test_sha256_of_reads_a_file_of_several_chunks(tmp_path):

@@ -1,15 +1,17 @@
 """Same weights, same images: our models give torchvision's detections.
 
-torchvision's models are composed as its builders do when loading COCO checkpoints (FrozenBatchNorm),
-with random weights under a fixed seed; see bench/reference.py.
+torchvision's models are composed as its builders do when loading COCO checkpoints (v1: FrozenBatchNorm;
+v2: its ``*_resnet50_fpn_v2`` builders, BatchNorm2d), with random weights and trained-looking BN
+statistics under a fixed seed; see bench/reference.py.
 """
 
 from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import FrozenBatchNorm2d, clip_boxes_to_image
 
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN
@@ -17,6 +19,7 @@ from detector.modeling.transform import InputConfig
 from detector.weights import load_weights
 from detector.weights.loading import load_state_dict_strict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict
+from bench.parity import compare
 from bench.reference import torchvision_reference
 from tests.tiny_coco import tiny_coco_root
 
@@ -57,6 +60,56 @@ def test_same_detections_as_torchvision(preset, tmp_path):
     # torchvision pads both images into one batch; pad_together does the same.
     for ref, det, img in zip(refs, ours.predict(images, pad_together=True), images):
         _assert_same(ref, det, img.shape[-2:])
+
+
+def test_reference_bn_statistics_look_trained():
+    """An identity BN (a fresh model's) would hide a wrong eps or a folding bug: every BN of the references
+    has random statistics and affine weights."""
+    for preset in ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn_v2"):
+        norms = [m for m in torchvision_reference(preset).modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
+        assert len(norms) > 50
+        for m in norms:
+            assert not torch.equal(m.running_var, torch.ones_like(m.running_var))
+            assert m.running_mean.abs().min() > 0 and m.bias.abs().min() > 0
+            assert m.weight.std() > 0
+
+
+V2_PRESETS = ["fasterrcnn_r50_fpn_v2", "maskrcnn_r50_fpn_v2"]
+# 300 proposals, not 1000: the v2 box head's four convs over every RoI are most of the time of a run.
+V2_PROPOSALS = 300
+
+
+def v2_pair(preset: str, tmp_path) -> tuple:
+    """(torchvision's v2 model, ours loaded from its state_dict saved as torchvision saves checkpoints)."""
+    tv = torchvision_reference(preset, rpn_post_nms_top_n_test=V2_PROPOSALS)
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = get_preset(preset)
+    ours = RCNN(replace(cfg, input=InputConfig(min_size=320, max_size=512),
+                        rpn=replace(cfg.rpn, post_nms_top_n_test=V2_PROPOSALS))).eval()
+    load_weights(ours, path)
+    return tv, ours
+
+
+@pytest.mark.parametrize("preset", V2_PRESETS)
+def test_v2_same_detections_as_torchvision_bit_for_bit(preset, tmp_path):
+    tv, ours = v2_pair(preset, tmp_path)
+    assert isinstance(ours.fpn.lateral_convs[0][1], nn.BatchNorm2d) and len(ours.rpn.head.extra_convs) == 1
+    image = _images()[:1]
+    with torch.no_grad():
+        ref = tv(image)[0]
+    det = ours.predict(image)[0]
+    assert len(det) > 10 and ("masks" in ref) == (det.mask_probs is not None)
+    assert compare(ref, det)["identical"]  # boxes, scores, labels (and pasted masks) equal
+
+
+def test_v2_and_v1_files_do_not_load_into_each_others_presets(tmp_path):
+    v2 = torchvision_reference("fasterrcnn_r50_fpn_v2").state_dict()
+    with pytest.raises(ValueError, match="missing keys.*fpn.lateral_convs.0.weight"):
+        load_state_dict_strict(_ours("fasterrcnn_r50_fpn"), convert_torchvision_state_dict(v2))
+    v1 = torchvision_reference("fasterrcnn_r50_fpn").state_dict()
+    with pytest.raises(ValueError, match="unexpected keys: fpn.lateral_convs.0.bias"):
+        load_state_dict_strict(_ours("fasterrcnn_r50_fpn_v2"), convert_torchvision_state_dict(v1))
 
 
 def test_frozen_bn_eps_matters_and_is_set_for_torchvision_files(tmp_path):
@@ -148,3 +201,10 @@ def test_same_detections_as_torchvision_on_real_coco_sizes(preset):
 @pytest.mark.parametrize("preset", list(REAL_IMAGES))
 def test_same_detections_as_torchvision_on_more_real_coco_sizes(preset):
     _real_coco_parity(preset, MORE_REAL_IMAGES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", V2_PRESETS)
+def test_v2_same_detections_as_torchvision_on_real_coco_sizes(preset):
+    """The v2 presets on the user's path (``Predictor.from_preset``, a torchvision v2 checkpoint, 800 px)."""
+    _real_coco_parity(preset, REAL_IMAGES["maskrcnn_r50_fpn"] + REAL_IMAGES["keypointrcnn_r50_fpn"])

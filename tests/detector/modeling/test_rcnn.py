@@ -121,3 +121,29 @@ def test_backbone_trainable_stages():
     assert trainable == {"layer2", "layer3", "layer4"}
     gn = RCNN(small_r18_fpn())  # GroupNorm, all stages train
     assert all(p.requires_grad for p in gn.backbone.parameters())
+
+
+def test_v2_preset_trains_with_batch_norm_and_its_frozen_stages_get_no_gradient():
+    """maskrcnn_r50_fpn_v2: BatchNorm2d in trunk, FPN and heads, torchvision's trainable layers (layer2..4);
+    a training step gives finite losses, gradients to what trains and none to the stem and layer1."""
+    from detector.structures import Targets
+
+    torch.manual_seed(0)
+    cfg = get_preset("maskrcnn_r50_fpn_v2")
+    # 64 RoIs an image (not 512): the box head's four convs and their backward are most of a step's time.
+    cfg = replace(cfg, input=InputConfig(min_size=128, max_size=128), box=replace(cfg.box, batch_size_per_image=64),
+                  rpn=replace(cfg.rpn, pre_nms_top_n_train=200, post_nms_top_n_train=100))
+    model = RCNN(cfg).train()
+    assert isinstance(model.backbone.bn1, torch.nn.BatchNorm2d) and isinstance(model.fpn.output_convs[0][1], torch.nn.BatchNorm2d)
+    assert len(model.roi_heads.box_head.convs) == 4 and model.roi_heads.box_head.fc2 is None
+    masks = torch.zeros(1, 128, 128, dtype=torch.uint8)
+    masks[0, 20:90, 10:60] = 1
+    target = Targets(boxes=torch.tensor([[10.0, 20.0, 60.0, 90.0]]), labels=torch.tensor([1]), masks=masks)
+    losses = model([torch.rand(3, 128, 128), torch.rand(3, 128, 128)], [target, target])  # BN needs a batch
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    grads = {n.split(".")[0]: p.grad is not None for n, p in model.backbone.named_parameters()}
+    assert grads == {"conv1": False, "bn1": False, "layer1": False, "layer2": True, "layer3": True, "layer4": True}
+    assert model.roi_heads.box_head.convs[0][1].weight.grad is not None
+    assert model.roi_heads.mask_head.convs[3][1].weight.grad is not None
