@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # model (written by detector.train or detector.weights convert) needs no preset.
     preset: str | None = Field(None, description="model preset name (detector/modeling/presets.py); default: "
                                f"the one the weights file names, else {DEFAULT_PRESET}")
-    weights: str | None = Field(None, description="weights file; default: the preset's own")
+    weights: str | None = Field(None, description="weights file or catalogue name; default: the preset's own")
     device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
     speed: Literal[SPEED_NAMES] = Field(DEFAULT_SPEED, description=SPEED_HELP)
     # The onnxruntime backend serves a file of python -m detector.export (CPU): the file is the model, so

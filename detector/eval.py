@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run this preset over --images (default with --weights: the preset the file names)")
     parser.add_argument("--results", type=Path, metavar="RESULTS.json", help="score this COCO results file")
     parser.add_argument("--ann", type=Path, required=True, metavar="ANN.json", help="COCO annotation file")
-    parser.add_argument("--weights", type=Path, metavar="FILE", help="the model's weights (default: the preset's)")
+    parser.add_argument("--weights", type=Path, metavar="FILE|NAME",
+                        help="the model's weights: a file or a catalogue name (default: the preset's)")
     parser.add_argument("--images", type=Path, metavar="DIR", help="folder of the annotation file's images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--speed", default=DEFAULT_SPEED, choices=SPEED_NAMES, help=SPEED_HELP)

@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ann", type=Path, metavar="ANN.json", help="the COCO annotation file of --format coco")
     p.add_argument("--model", choices=sorted(PRESET_NAMES),
                    help=f"model preset (default: the one --weights names in its metadata, else {DEFAULT_PRESET})")
-    p.add_argument("--weights", type=Path, help="weights file (default: the preset's built-in weights)")
+    p.add_argument("--weights", type=Path, metavar="FILE|NAME",
+                   help="weights file, or a catalogue name (python -m detector.weights list; downloaded when absent); "
+                        "default: the preset's built-in weights")
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="the ONNX file of --backend onnxruntime")
     p.add_argument("--score-threshold", type=float, default=0.5, help="drop detections scoring below this")

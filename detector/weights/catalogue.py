@@ -183,6 +183,23 @@ def download(entry: Entry, directory: Path | None = None) -> Path:
     return target
 
 
+def resolve_model_weights(spec: str | Path) -> tuple[Path, str | None]:
+    """What ``--weights`` / ``DETECTOR_WEIGHTS`` names: (an existing path, None), or for the name of a
+    catalogued detection model (``python -m detector.weights list``) its verified file in the cache,
+    downloaded when absent, and the entry's preset. Any other spec comes back as a path, for the loader
+    to say that it does not exist; an ImageNet trunk's name is refused with where it belongs instead."""
+    path = Path(spec)
+    if path.exists():
+        return path, None
+    entry = load_catalogue().get(str(spec))
+    if entry is None:
+        return path, None
+    if entry.preset is None:
+        raise ValueError(f"{spec}: an ImageNet trunk of the catalogue, not a detection model: pass it to "
+                         "python -m detector.train --backbone-weights")
+    return download(entry), entry.preset
+
+
 def _record_once(directory: Path, entry: Entry, digest: str) -> None:
     """Write the record of a file just verified, unless the catalogue or a record holds all of its hash."""
     if entry.sha256 is None and read_record(record_path(directory, entry)) is None:  # no full hash known there

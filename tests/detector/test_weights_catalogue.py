@@ -254,3 +254,36 @@ def test_a_download_that_does_not_match_leaves_no_file_and_no_record(tmp_path, p
     with _loopback_server(served) as base, pytest.raises(ValueError, match="does not match"):
         download(replace(entry, url=f"{base}/{entry.file_name}"))
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_weights_may_be_a_catalogue_name_downloaded_once_and_naming_its_preset(tmp_path, monkeypatch):
+    """--weights NAME / DETECTOR_WEIGHTS=NAME: the catalogued checkpoint is fetched into the cache (here
+    from a loopback server), verified, and its entry's preset is the model's."""
+    from detector.predictor import Predictor
+    from detector.weights.builtin import builtin_weights
+
+    served = tmp_path / "served"
+    served.mkdir()
+    data = builtin_weights("small_r18_fpn").read_bytes()
+    (served / "small-test.safetensors").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    trunk = Entry(name="trunk_test", trunk="resnet18", url="http://127.0.0.1:9/x.pth", file_name="x.pth",
+                  sha256_prefix="00", license="test")
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path / "cache"))
+    with _loopback_server(served) as base:
+        entry = Entry(name="small_test", preset="small_r18_fpn", url=f"{base}/small-test.safetensors",
+                      file_name="small-test.safetensors", sha256_prefix=digest[:8], license="test")
+        monkeypatch.setattr(catalogue, "load_catalogue", lambda path=None: {"small_test": entry, "trunk_test": trunk})
+        with Predictor.from_preset(None, "small_test", speed="exact") as predictor:
+            assert predictor.name == "small_r18_fpn" and predictor.weights_sha256 == digest
+            assert predictor.weights_path == tmp_path / "cache" / "small-test.safetensors"
+    # Served no more: the cached file is used (and checked) without the network.
+    with Predictor.from_preset("small_r18_fpn", "small_test", speed="exact") as predictor:
+        assert predictor.weights_path.read_bytes() == data
+    with pytest.raises(ValueError, match="small-test.safetensors is the catalogue's checkpoint of small_r18_fpn, "
+                                         "not of maskrcnn_r50_fpn"):
+        Predictor.from_preset("maskrcnn_r50_fpn", "small_test")
+    with pytest.raises(ValueError, match="trunk_test: an ImageNet trunk of the catalogue, not a detection model"):
+        Predictor.from_preset(None, "trunk_test")
+    with pytest.raises(ValueError, match="no_such_name"):  # neither a file nor an entry: the loader says so
+        Predictor.from_preset(None, "no_such_name")
