@@ -17,7 +17,7 @@ def _entry(source, md5_prefix: str) -> Entry:
 
 
 def test_zoo_entries_name_their_preset_md5_and_model_id():
-    zoo = {name: e for name, e in load_catalogue().items() if e.preset.startswith("d2_")}
+    zoo = {name: e for name, e in load_catalogue().items() if (e.preset or "").startswith("d2_")}
     assert len(zoo) == 9
     for e in zoo.values():
         get_preset(e.preset)
