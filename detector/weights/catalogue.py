@@ -186,14 +186,14 @@ def download(entry: Entry, directory: Path | None = None) -> Path:
 def resolve_model_weights(spec: str | Path) -> tuple[Path, str | None]:
     """What ``--weights`` / ``DETECTOR_WEIGHTS`` names: (an existing path, None), or for the name of a
     catalogued detection model (``python -m detector.weights list``) its verified file in the cache,
-    downloaded when absent, and the entry's preset. Any other spec comes back as a path, for the loader
-    to say that it does not exist; an ImageNet trunk's name is refused with where it belongs instead."""
+    downloaded when absent, and the entry's preset. ValueError for anything else (naming where an ImageNet
+    trunk's name belongs)."""
     path = Path(spec)
     if path.exists():
         return path, None
     entry = load_catalogue().get(str(spec))
     if entry is None:
-        return path, None
+        raise ValueError(f"{spec}: weights file not found, nor a catalogue name (python -m detector.weights list)")
     if entry.preset is None:
         raise ValueError(f"{spec}: an ImageNet trunk of the catalogue, not a detection model: pass it to "
                          "python -m detector.train --backbone-weights")

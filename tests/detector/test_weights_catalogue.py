@@ -285,5 +285,5 @@ def test_weights_may_be_a_catalogue_name_downloaded_once_and_naming_its_preset(t
         Predictor.from_preset("maskrcnn_r50_fpn", "small_test")
     with pytest.raises(ValueError, match="trunk_test: an ImageNet trunk of the catalogue, not a detection model"):
         Predictor.from_preset(None, "trunk_test")
-    with pytest.raises(ValueError, match="no_such_name"):  # neither a file nor an entry: the loader says so
+    with pytest.raises(ValueError, match="no_such_name: weights file not found, nor a catalogue name"):
         Predictor.from_preset(None, "no_such_name")
