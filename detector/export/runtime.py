@@ -22,7 +22,7 @@ import torch
 from detector.export.onnx_file import METADATA_KEY
 from detector.modeling.keypoint_head import heatmaps_to_keypoints
 from detector.modeling.transform import InputConfig, batch_images, padded_size, preprocess, rescale_detections
-from detector.predictor import Predictor
+from detector.predictor import WARM_UP_SIZE, Predictor
 from detector.structures import Detections
 from detector.weights.catalogue import sha256_of
 
@@ -114,6 +114,11 @@ class OnnxPredictor:
                 has_keypoints=None if has_keypoints is None else has_keypoints[index],
             ))
         return results
+
+    def warm_up_batches(self, max_batch_size: int) -> list[list[np.ndarray]]:
+        """What the service runs once before serving (``Predictor.warm_up_batches``): on the CPU, one
+        photo-sized image."""
+        return [[np.zeros((*WARM_UP_SIZE, 3), np.uint8)]]
 
     def close(self) -> None:
         """Nothing to end (onnxruntime's threads live with the session); the Predictor's interface."""
