@@ -26,7 +26,7 @@ from detector.modeling.transform import padded_size, resized_size
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.builtin import builtin_weights
-from detector.weights.catalogue import resolve_model_weights, sha256_of, verify_if_catalogued
+from detector.weights.catalogue import resolve_catalogued, sha256_of, verify_if_catalogued
 from detector.weights.model_metadata import model_config_for
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,10 @@ class Predictor:
         if weights is None:
             weights = builtin_weights(preset or DEFAULT_PRESET)
         else:  # a file, or the name of a catalogued checkpoint (downloaded when absent), which names its preset
-            weights, catalogued = resolve_model_weights(weights)
-            if preset is not None and catalogued is not None and preset != catalogued:
-                raise ValueError(f"{weights.name} is the catalogue's checkpoint of {catalogued}, not of {preset}")
-            preset = preset or catalogued
+            weights, entry = resolve_catalogued(weights, trunk=False)
+            if entry is not None and preset not in (None, entry.preset):
+                raise ValueError(f"{weights.name} is the catalogue's checkpoint of {entry.preset}, not of {preset}")
+            preset = preset or (entry.preset if entry is not None else None)
         name, cfg = model_config_for(preset, weights)
         digest = None
         if weights is None:

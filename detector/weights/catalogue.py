@@ -183,21 +183,26 @@ def download(entry: Entry, directory: Path | None = None) -> Path:
     return target
 
 
-def resolve_model_weights(spec: str | Path) -> tuple[Path, str | None]:
-    """What ``--weights`` / ``DETECTOR_WEIGHTS`` names: (an existing path, None), or for the name of a
-    catalogued detection model (``python -m detector.weights list``) its verified file in the cache,
-    downloaded when absent, and the entry's preset. ValueError for anything else (naming where an ImageNet
-    trunk's name belongs)."""
+def resolve_catalogued(spec: str | Path, *, trunk: bool) -> tuple[Path, Entry | None]:
+    """What ``--weights`` (``trunk`` False) or ``--backbone-weights`` (``trunk`` True) names: (an existing
+    path, None) — left for its reader to check, which hashes it once —, or for the name of a catalogue entry
+    of that kind its verified file in the cache, downloaded when absent, and the entry. ValueError for a
+    name of the other kind (saying where it belongs), or for neither a file nor a name."""
     path = Path(spec)
     if path.exists():
         return path, None
-    entry = load_catalogue().get(str(spec))
+    catalogue = load_catalogue()
+    entry = catalogue.get(str(spec))
     if entry is None:
-        raise ValueError(f"{spec}: weights file not found, nor a catalogue name (python -m detector.weights list)")
-    if entry.preset is None:
+        kind = "ImageNet trunks" if trunk else "detection models"
+        names = ", ".join(name for name, e in catalogue.items() if (e.trunk is not None) == trunk)
+        raise ValueError(f"{spec}: weights file not found, nor a catalogue name (its {kind}: {names})")
+    if trunk and entry.trunk is None:
+        raise ValueError(f"{spec}: a detection model of the catalogue, not an ImageNet trunk: pass it as --weights")
+    if not trunk and entry.trunk is not None:
         raise ValueError(f"{spec}: an ImageNet trunk of the catalogue, not a detection model: pass it to "
                          "python -m detector.train --backbone-weights")
-    return download(entry), entry.preset
+    return download(entry), entry
 
 
 def _record_once(directory: Path, entry: Entry, digest: str) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from detector.modeling.backbone import BackboneConfig
 from detector.modeling.presets import PRESETS
-from detector.weights.catalogue import download, load_catalogue, verify_if_catalogued
+from detector.weights.catalogue import load_catalogue, resolve_catalogued, verify_if_catalogued
 from detector.weights.detectron2 import read_detectron2_trunk
 from detector.weights.loading import load_state_dict_strict, read_state_dict
 
@@ -172,15 +172,7 @@ def trunk_entry_for(arch: str) -> str | None:
 def resolve_trunk(spec: str | Path) -> Path:
     """The file that ``--backbone-weights`` names: a path (checked against the catalogue when it claims an
     entry, as every weights file is), or a catalogue name, downloaded into the cache when not there yet."""
-    path = Path(spec)
-    if path.is_file():
-        verify_if_catalogued(path)
-        return path
-    catalogue = load_catalogue()
-    entry = catalogue.get(str(spec))
+    path, entry = resolve_catalogued(spec, trunk=True)
     if entry is None:
-        names = ", ".join(trunk_entries())
-        raise ValueError(f"{spec}: neither a file nor a catalogue entry (the ImageNet trunks: {names})")
-    if entry.trunk is None:
-        raise ValueError(f"{spec}: a detection model of the catalogue, not an ImageNet trunk: pass it as --weights")
-    return download(entry)
+        verify_if_catalogued(path)
+    return path

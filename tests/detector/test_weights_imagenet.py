@@ -212,7 +212,7 @@ def test_a_name_that_is_no_trunk_says_what_to_do(published_trunk) -> None:
     with pytest.raises(ValueError, match="^maskrcnn_r50_fpn_coco: a detection model of the catalogue, not an "
                                          "ImageNet trunk: pass it as --weights$"):
         resolve_trunk("maskrcnn_r50_fpn_coco")
-    with pytest.raises(ValueError, match=r"^resnet9000: neither a file nor a catalogue entry \(the ImageNet "
+    with pytest.raises(ValueError, match=r"^resnet9000: weights file not found, nor a catalogue name \(its ImageNet "
                                          r"trunks: r18_test\)$"):
         resolve_trunk("resnet9000")
 
