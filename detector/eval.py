@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 # is imported where it is used.
 from detector import memory
 from detector.evaluation.ground_truth import IOU_TYPES, check_iou_type_supported, load_ground_truth
-from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
+from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, backend_arguments_error
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
 
 if TYPE_CHECKING:
@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     runs_model = bool(args.model or args.weights or args.onnx)
-    if (args.backend == "onnxruntime") != (args.onnx is not None):
-        parser.error("--backend onnxruntime and --onnx MODEL.onnx go together")
-    if args.onnx is not None and (args.model or args.weights):
-        parser.error("--onnx is the model (its classes and sizes are in the file): give it without --model and --weights")
+    if error := backend_arguments_error(args.backend, args.onnx, args.model, args.weights):
+        parser.error(error)
     if args.results is not None and runs_model:
         parser.error("--results scores a results file: give it without --model, --weights and --onnx")
     if args.results is None and not runs_model:
@@ -108,9 +106,7 @@ def load_predictor(preset: str | None, weights: Path | None, device: str, speed:
     the model code."""
     from detector.export.backends import load_predictor as load
 
-    if backend == "onnxruntime":
-        return load(backend, device=device, onnx=onnx)
-    return load(backend, preset, weights, device, speed=speed)
+    return load(backend, preset, weights, device, speed=speed, onnx=onnx)
 
 
 def _run(args: argparse.Namespace, ctx: DistInfo) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 # Only what parsing the arguments and expanding the inputs need: both answer before torch is imported.
 from detector import memory
-from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND
+from detector.export.backends import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, backend_arguments_error
 from detector.mask_formats import DEFAULT_MASK_FORMAT, MASK_FORMATS
 from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
 from detector.modeling.speeds import DEFAULT_SPEED, SPEED_HELP, SPEED_NAMES
@@ -78,10 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("name images, folders or patterns, or give a --file-list")
     if not 0.0 <= args.score_threshold <= 1.0:
         p.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    if (args.backend == "onnxruntime") != (args.onnx is not None):
-        p.error("--backend onnxruntime and --onnx MODEL.onnx go together")
-    if args.onnx is not None and (args.model or args.weights):
-        p.error("--onnx is the model (its classes and sizes are in the file): give it without --model and --weights")
+    if error := backend_arguments_error(args.backend, args.onnx, args.model, args.weights):
+        p.error(error)
     if args.batch_size < 1 or args.workers < 1:
         p.error(f"--batch-size and --workers must be at least 1, got {args.batch_size} and {args.workers}")
     if (args.format == "coco") != (args.ann is not None):
@@ -122,9 +120,7 @@ def load_predictor(args: argparse.Namespace, device):
     """The model that predicts: the one place that chooses how (PyTorch, or onnxruntime on an exported file)."""
     from detector.export.backends import load_predictor as load
 
-    if args.backend == "onnxruntime":
-        return load(args.backend, device=str(device), onnx=args.onnx)
-    return load(args.backend, args.model, args.weights, device, speed=args.speed)
+    return load(args.backend, args.model, args.weights, str(device), speed=args.speed, onnx=args.onnx)
 
 
 def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:

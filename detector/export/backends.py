@@ -16,6 +16,16 @@ BACKEND_HELP = (
 )
 
 
+def backend_arguments_error(backend: str, onnx: object, model: object, weights: object) -> str | None:
+    """What is wrong with a command line's --backend/--onnx/--model/--weights together, or None (for
+    ``parser.error``; predict and eval share it)."""
+    if (backend == "onnxruntime") != (onnx is not None):
+        return "--backend onnxruntime and --onnx MODEL.onnx go together"
+    if onnx is not None and (model or weights):
+        return "--onnx is the model (its classes and sizes are in the file): give it without --model and --weights"
+    return None
+
+
 def load_predictor(backend: str, preset: str | None = None, weights: str | Path | None = None,
                    device: str = "cpu", *, speed: str | None = None, onnx: str | Path | None = None):
     """A ``detector.predictor.Predictor`` (backend "torch": ``Predictor.from_preset(preset, weights, device,

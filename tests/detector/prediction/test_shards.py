@@ -64,7 +64,8 @@ def test_coco_lines_merge_into_a_results_list_without_failures(tmp_path):
     result = {"image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9}
     _write(tmp_path / "results.rank0.jsonl", {"file": "a.jpg", "image_id": 7, "results": [result, result]},
            {"file": "b.jpg", "image_id": 8, "results": []}, _bad("c.jpg"))
-    assert (merge(out).images, merge(out).failed) == (2, 1)
+    merged = merge(out)
+    assert (merged.images, merged.failed) == (2, 1)
     assert json.loads(out.read_text()) == [result, result]
 
 
