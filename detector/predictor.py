@@ -22,7 +22,7 @@ from detector.modeling.poolers import RoIAlignThreads
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.rcnn import RCNN, build_model
 from detector.modeling.speeds import SPEEDS, InferenceOptions
-from detector.modeling.transform import padded_size, resized_size
+from detector.modeling.transform import model_input_size, padded_size
 from detector.structures import Detections
 from detector.weights import load_weights
 from detector.weights.builtin import builtin_weights
@@ -151,8 +151,7 @@ class Predictor:
         """The padded (H, W) ``image`` (HxWx3) runs at: ``predict`` runs one forward pass per padded size
         among its images, so a batcher that gathers images of one padded size runs one pass per batch."""
         cfg = self.model.cfg.input
-        return padded_size(resized_size(image.shape[0], image.shape[1], cfg.min_size, cfg.max_size),
-                           cfg.size_divisible)
+        return padded_size(model_input_size(image.shape[0], image.shape[1], cfg), cfg.size_divisible)
 
     def warm_up_batches(self, max_batch_size: int) -> list[list[np.ndarray]]:
         """The batches to run once before serving, on the thread that will serve (CUDA's and cuDNN's state

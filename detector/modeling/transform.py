@@ -102,10 +102,16 @@ def _preprocess_detectron2(image: Tensor, cfg: InputConfig) -> Tensor:
         raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
     if image.dtype != torch.uint8:
         image = (to_float(image).clamp(0, 1) * 255).round().to(torch.uint8)
-    size = detectron2_resized_size(image.shape[-2], image.shape[-1], cfg.min_size, cfg.max_size)
+    size = model_input_size(image.shape[-2], image.shape[-1], cfg)
     pil = Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((size[1], size[0]), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(pil).transpose(2, 0, 1).copy()).to(image.device)  # (3, H', W') uint8
     return normalize(to_model_pixels(x, cfg), cfg, inplace=True)
+
+
+def model_input_size(height: int, width: int, cfg: InputConfig) -> tuple[int, int]:
+    """(H', W') that the model resizes a (height, width) image to, by ``cfg.resize_rule``."""
+    rule = detectron2_resized_size if cfg.resize_rule == "detectron2" else resized_size
+    return rule(height, width, cfg.min_size, cfg.max_size)
 
 
 def detectron2_resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:

@@ -143,3 +143,23 @@ def test_the_padded_size_is_the_one_predict_groups_images_by():
         resized = preprocess(torch.from_numpy(image).permute(2, 0, 1), cfg)
         assert predictor.padded_size(image) == padded_size(resized.shape[-2:], cfg.size_divisible)
     assert predictor.padded_size(np.zeros((480, 640, 3), np.uint8)) == (256, 352)
+
+
+def test_the_padded_size_follows_the_presets_resize_rule():
+    """A Detectron2-rule model (sides rounded, not truncated): (161, 640) pads to 128 rows there, 96 by
+    torchvision's rule; padded_size gives what preprocess makes."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from detector.modeling.transform import padded_size, preprocess
+
+    cfg = small_r18_fpn()
+    predictor = Predictor(build_model(replace(cfg, input=replace(cfg.input, resize_rule="detectron2"))), speed="exact")
+    cfg = predictor.model.cfg.input
+    for h, w in ((161, 640), (480, 640), (427, 640)):
+        image = np.zeros((h, w, 3), np.uint8)
+        resized = preprocess(torch.from_numpy(image).permute(2, 0, 1), cfg)
+        assert predictor.padded_size(image) == padded_size(resized.shape[-2:], cfg.size_divisible)
+    assert predictor.padded_size(np.zeros((161, 640, 3), np.uint8)) == (128, 384)
