@@ -54,16 +54,19 @@ async def detect(request: Request, service: ReadyServiceDep, options: DetectOpti
 )
 async def detect_render(request: Request, service: ReadyServiceDep, options: DetectOptionsDep) -> Response:
     """Detect objects in one image and draw them on it (boxes, labels, masks, keypoints)."""
-    image, det, result, timings = await _detect(request, service, options)
+    # The masks are drawn from their in-box windows: the answer's own mask encoding would paste each twice.
+    image, det, result, timings = await _detect(request, service, options, encode_masks=False)
+    draw_masks = options.masks != "none" and det.mask_probs is not None
     async with service.slots.slot():  # a canvas and a PNG the size of the image: bounded like decoding
-        png = await anyio.to_thread.run_sync(_render, image, det, result)
+        png = await anyio.to_thread.run_sync(_render, image, det, result, draw_masks)
     return Response(png, media_type="image/png", headers={"Server-Timing": _server_timing(timings)})
 
 
 async def _detect(
-    request: Request, service: Service, options: DetectOptions
+    request: Request, service: Service, options: DetectOptions, *, encode_masks: bool = True
 ) -> tuple[np.ndarray, Detections, dict, Timings]:
-    """Decode, wait for a batched forward, then select and encode this request's detections."""
+    """Decode, wait for a batched forward, then select and encode this request's detections (their masks
+    in ``options.masks`` unless ``encode_masks`` is False)."""
     try:
         # A full queue refuses before the body is read and decoded; requests waiting for a slot count toward it.
         service.batcher.ensure_room(ahead=service.slots.waiting)
@@ -73,7 +76,8 @@ async def _detect(
     except BatcherError as exc:
         raise http_error(exc) from exc
     labels = _labels(service, options)
-    det, result = await anyio.to_thread.run_sync(_encode, service, outcome.value, options, labels)
+    masks = options.masks if encode_masks else "none"
+    det, result = await anyio.to_thread.run_sync(_encode, service, outcome.value, options, labels, masks)
     started = getattr(request.state, "started", None) or time.perf_counter()
     timings = Timings(
         queue_ms=outcome.queue_s * 1000,
@@ -92,17 +96,16 @@ def _labels(service: Service, options: DetectOptions) -> list[int] | None:
 
 
 def _encode(
-    service: Service, det: Detections, options: DetectOptions, labels: list[int] | None
+    service: Service, det: Detections, options: DetectOptions, labels: list[int] | None, masks: str
 ) -> tuple[Detections, dict]:
     det = det.select(options.score_threshold, labels, options.max_detections)
-    return det, service.predictor.to_json(det, masks=options.masks, keypoints=options.keypoints)
+    return det, service.predictor.to_json(det, masks=masks, keypoints=options.keypoints)
 
 
-def _render(image: np.ndarray, det: Detections, result: dict) -> bytes:
-    """The masks are drawn from their in-box windows whatever the JSON's mask format (never K full masks)."""
-    has_masks = det.mask_probs is not None and any("mask" in d for d in result["detections"])
+def _render(image: np.ndarray, det: Detections, result: dict, draw_masks: bool) -> bytes:
+    """The masks are drawn from their in-box windows (never K full masks), each pasted once."""
     windows = None
-    if has_masks:
+    if draw_masks:
         windows = ((w.numpy(), y0, x0)
                    for w, y0, x0 in mask_windows(det.mask_probs, det.boxes, det.image_size, rule=det.mask_paste))
     return render_png(image, result, masks=windows)

@@ -138,6 +138,19 @@ def test_render_draws_the_detections_on_the_image(client):
     assert 0.01 < changed.mean() < 0.9  # the sample's objects drawn over it, the rest of the image kept
 
 
+def test_render_tints_the_masks_unless_masks_none(client):
+    """The masks are drawn from their windows (not from the answer's encoding): masks=none draws boxes,
+    labels and keypoints alone, so fewer pixels change."""
+    original = np.asarray(Image.open(builtin_file("sample.png")).convert("RGB"))
+    changed = {}
+    for masks in ("rle", "none"):
+        response = client.post("/detect/render", params={"masks": masks}, files=_sample())
+        assert response.status_code == 200, response.text
+        changed[masks] = (np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")) != original).any(axis=2)
+    assert changed["rle"].sum() > changed["none"].sum() > 0
+    assert not (changed["none"] & ~changed["rle"]).any()  # what masks=none draws, the masked render draws too
+
+
 def test_render_refuses_bad_input_like_detect(client):
     assert client.post("/detect/render", files=as_file(b"not an image")).status_code == 415
 
