@@ -120,7 +120,7 @@ def test_a_trunk_file_or_name_that_does_not_fit_is_exit_2_saying_what_it_is(tiny
     assert train_cli.main(args + ["--backbone-weights", str(r101)]) == 2
     assert f"error: {r101}: a ResNet-101 trunk; maskrcnn_r50_fpn needs ResNet-50\n" == capsys.readouterr().err
     assert train_cli.main(args + ["--backbone-weights", "resnet9000"]) == 2
-    assert "error: resnet9000: neither a file nor a catalogue entry (the ImageNet trunks: resnet18_imagenet, " \
+    assert "error: resnet9000: weights file not found, nor a catalogue name (its ImageNet trunks: resnet18_imagenet, " \
            in capsys.readouterr().err
     assert train_cli.main(args + ["--weights", str(r101)]) == 2  # the first try: now named for what it is
     assert (f"error: {r101}: a ResNet-101 trunk (an ImageNet classifier), not a detection model: pass it as "
