@@ -1,160 +1,122 @@
-"""Training speed, ours against torchvision's reference model: iterations/s on the same batches.
+"""A training recipe's COCO AP against its training time: is the next change to the recipe better?
 
-    python bench/train.py --models maskrcnn_r50_fpn --size 320 416 --batch 2 --iters 5 --threads 2
+    python bench/train.py --out runs/recipe --stops 1000 2000 4000            # the built-in recipe
+    python bench/train.py --out runs/lr04 --stops 1000 2000 -- --lr 0.04       # the same with one change
 
-Both models start from the same random weights (torchvision's COCO layout, FrozenBN, 3 trainable
-stages; see bench/reference.py) and take SGD steps (lr 1e-3, momentum 0.9,
-gradients clipped at norm 10: random weights start with large losses) on the
-same synthetic batches: a few boxes per image with their masks and keypoints, images already at their
-training size (torchvision's transform is set not to resize them). The two take turns at every step,
-so that a shared machine's load falls on both alike. Proposal sampling is random in both, so their
-losses are alike, not equal. Prints a table and writes JSON.
+Runs ``python -m detector.train [ARGS after --] --out OUT --stop-at S`` for each stop S in turn, each part
+resuming the one before (``--resume``), so one schedule (the length ``--iters``, or the recipe's) is cut
+into parts without changing it; after each part ``python -m detector.eval`` scores ``OUT/last.pth`` on the
+validation set, in the default speed mode. The clock counts the training processes only, start-up
+included, evaluation not. With no data set in ARGS, the training command uses the built-in synthetic set
+and this script its validation split. Prints a table and writes JSON (``--json``) with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector.modeling.presets import get_preset  # noqa: E402
-from detector.modeling.rcnn import RCNN  # noqa: E402
-from detector.modeling.transform import InputConfig  # noqa: E402
-from detector.structures import Targets  # noqa: E402
-from detector.weights.loading import load_state_dict_strict  # noqa: E402
-from detector.weights.torchvision_keys import convert_torchvision_state_dict  # noqa: E402
-from bench.reference import torchvision_reference  # noqa: E402
+from bench.machine import commit, cpu_info  # noqa: E402
 
-MODELS = ("fasterrcnn_r50_fpn", "maskrcnn_r50_fpn", "keypointrcnn_r50_fpn")
-CLIP_GRAD_NORM = 10.0
+IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
-def synthetic_batches(preset: str, count: int, batch: int, size: tuple[int, int], seed: int = 0) -> list[list[tuple]]:
-    """``count`` batches of (image (3, H, W) in [0, 1], boxes (K, 4), labels (K,), masks (K, H, W) uint8,
-    keypoints (K, 17, 3))."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    num_labels = 1 if preset == "keypointrcnn_r50_fpn" else 90
-    batches = []
-    for _ in range(count):
-        items = []
-        for _ in range(batch):
-            k = 3
-            xy = torch.rand(k, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-            wh = 16 + torch.rand(k, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
-            boxes = torch.cat([xy, xy + wh], dim=1).round()  # (K, 4)
-            boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=boxes.dtype))
-            masks = torch.zeros(k, h, w, dtype=torch.uint8)
-            for m, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
-                m[y1:y2, x1:x2] = 1
-            box_wh = boxes[:, 2:] - boxes[:, :2]
-            points = boxes[:, None, :2] + torch.rand(k, 17, 2, generator=g) * box_wh[:, None]  # (K, 17, 2)
-            keypoints = torch.cat([points, torch.full((k, 17, 1), 2.0)], dim=2)
-            labels = torch.randint(1, num_labels + 1, (k,), generator=g)
-            items.append((torch.rand(3, h, w, generator=g), boxes, labels, masks, keypoints))
-        batches.append(items)
-    return batches
+def _value(args: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` in a command line (``--flag V`` or ``--flag=V``), else None."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
-def build_pair(preset: str, size: tuple[int, int], device: torch.device):
-    """torchvision's model and ours, in training mode, with the same weights."""
-    tv = torchvision_reference(preset, min_size=min(size), max_size=max(max(size), 1333))
-    ours = RCNN(replace(get_preset(preset), input=InputConfig(min_size=min(size), max_size=max(max(size), 1333))))
-    load_state_dict_strict(ours, convert_torchvision_state_dict(tv.state_dict()))
-    return tv.to(device).train(), ours.to(device).train()
+def validation_set(train_args: list[str]) -> tuple[Path, Path]:
+    """(images folder, annotation file) the recipe is scored on: ``--val-images``/``--val-ann`` of the
+    training command, else the built-in synthetic set's validation split (its ``--synthetic-dir``)."""
+    images, ann = _value(train_args, "--val-images"), _value(train_args, "--val-ann")
+    if (images is None) != (ann is None):
+        raise ValueError("give both --val-images and --val-ann to the training command, or neither")
+    if images is not None:
+        return Path(images), Path(ann)
+    if _value(train_args, "--train-ann") is not None:
+        raise ValueError("a training command with its own data set needs --val-images and --val-ann to be scored")
+    from detector.train import SYNTHETIC  # noqa: PLC0415  (torch-free)
+    from detector.data.synthetic import ensure_synthetic  # noqa: PLC0415
+
+    root = Path(_value(train_args, "--synthetic-dir") or "data/synthetic")
+    paths = ensure_synthetic(root, **SYNTHETIC)
+    return paths.val_images, paths.val_annotations
 
 
-def _sgd(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9, weight_decay=1e-4)
-
-
-def _step(model, optimizer, loss_fn, device: torch.device) -> tuple[float, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def run_part(train_args: list[str], out: Path, stop: int, resume: bool, log) -> float:
+    """Train up to iteration ``stop``; the part's wall-clock seconds. RuntimeError when training fails."""
+    cmd = [sys.executable, "-m", "detector.train", *train_args, "--out", str(out), "--stop-at", str(stop),
+           "--no-progress", *(["--resume"] if resume else [])]
     start = time.perf_counter()
-    losses = loss_fn()
-    loss = sum(losses.values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # Random weights give large first losses: clipped, the steps stay finite (a NaN step is faster).
-    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], CLIP_GRAD_NORM)
-    optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, loss.item()
+    done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"training stopped with exit status {done.returncode} before iteration {stop}: "
+                           f"see {log.name}")
+    return seconds
 
 
-def bench_model(preset: str, size: tuple[int, int], batch: int, iters: int, warmup: int, device: torch.device,
-                lr: float = 1e-3) -> dict:
-    tv, ours = build_pair(preset, size, device)
-    tv_opt, our_opt = _sgd(tv, lr), _sgd(ours, lr)
-    with_masks, with_keypoints = preset == "maskrcnn_r50_fpn", preset == "keypointrcnn_r50_fpn"
-    times = {"torchvision": [], "ours": []}
-    losses = {"torchvision": [], "ours": []}
-    for step, items in enumerate(synthetic_batches(preset, warmup + iters, batch, size)):
-        images = [i[0].to(device) for i in items]
-        tv_targets, our_targets = [], []
-        for _, boxes, labels, masks, keypoints in items:
-            t = {"boxes": boxes.to(device), "labels": labels.to(device)}
-            if with_masks:
-                t["masks"] = masks.to(device)
-            if with_keypoints:
-                t["keypoints"] = keypoints.to(device)
-            tv_targets.append(t)
-            our_targets.append(Targets(boxes=t["boxes"], labels=t["labels"], masks=t.get("masks"), keypoints=t.get("keypoints")))
-        for name, model, opt, fn in (
-            ("torchvision", tv, tv_opt, lambda: tv(images, tv_targets)),
-            ("ours", ours, our_opt, lambda: ours(images, our_targets)),
-        ):
-            seconds, loss = _step(model, opt, fn, device)
-            if step >= warmup:
-                times[name].append(seconds)
-                losses[name].append(loss)
-    row = {"model": preset, "batch": batch, "size": list(size), "device": str(device), "threads": torch.get_num_threads(),
-           "iters": iters}
-    for name in times:
-        median = statistics.median(times[name])
-        row[f"{name}_it_per_s"] = round(1 / median, 3)
-        row[f"{name}_step_s"] = [round(t, 4) for t in times[name]]
-        row[f"{name}_loss"] = [round(v, 4) for v in losses[name]]
-    row["speedup"] = round(row["ours_it_per_s"] / row["torchvision_it_per_s"], 2)
-    return row
+def score(out: Path, stop: int, val: tuple[Path, Path], model: str | None, log) -> dict[str, float]:
+    """AP of ``out/last.pth`` by iou type, as ``python -m detector.eval`` measures it."""
+    metrics = out / f"eval_{stop}.json"
+    cmd = [sys.executable, "-m", "detector.eval", "--weights", str(out / "last.pth"), "--ann", str(val[1]),
+           "--images", str(val[0]), "--metrics-out", str(metrics), *(["--model", model] if model else [])]
+    done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"evaluation at iteration {stop} failed with exit status {done.returncode}: see {log.name}")
+    stats = json.loads(metrics.read_text())
+    return {t: round(stats[t]["AP"], 4) for t in IOU_TYPES if t in stats}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="the training run's folder (OUT of detector.train)")
+    p.add_argument("--stops", type=int, nargs="+", required=True, metavar="ITER",
+                   help="iterations after which to score the model (increasing; the last ends the run there)")
+    p.add_argument("--resume", action="store_true", help="OUT already holds the run: go on from its last.pth")
+    p.add_argument("--json", type=Path, help="default: OUT/recipe.json")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of python -m detector.train")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["maskrcnn_r50_fpn"], choices=MODELS)
-    p.add_argument("--size", nargs=2, type=int, default=[320, 416], metavar=("H", "W"), help="training image size")
-    p.add_argument("--batch", type=int, default=2, help="images per step")
-    p.add_argument("--iters", type=int, default=5, help="timed steps after the warm-up; the median is reported")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (gradients clipped at norm 10)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", type=Path, default=Path("bench/train.json"))
-    args = p.parse_args(argv)
-    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
-        p.error("--iters and --batch must be positive, --warmup not negative")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    rows = [bench_model(m, tuple(args.size), args.batch, args.iters, args.warmup, device, args.lr) for m in args.models]
-    print(f"{'model':22} {'batch':>5} {'size':>10} {'torchvision it/s':>17} {'ours it/s':>10} {'speedup':>8} "
-          f"{'tv loss':>8} {'our loss':>8}")
-    for r in rows:
-        print(f"{r['model']:22} {r['batch']:>5} {'x'.join(map(str, r['size'])):>10} {r['torchvision_it_per_s']:>17.3f} "
-              f"{r['ours_it_per_s']:>10.3f} {r['speedup']:>8.2f} {statistics.mean(r['torchvision_loss']):>8.3f} "
-              f"{statistics.mean(r['ours_loss']):>8.3f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows}, indent=1))
-    print(f"wrote {args.json}")
+    args = build_parser().parse_args(argv)
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    if "--out" in train_args or "--stop-at" in train_args or "--resume" in train_args:
+        raise SystemExit("error: --out, --stop-at and --resume are this script's to set, not the training command's")
+    if sorted(set(args.stops)) != args.stops or args.stops[0] < 1:
+        raise SystemExit(f"error: --stops must increase from 1 or more, got {args.stops}")
+    val = validation_set(train_args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = _value(train_args, "--model")
+    rows, total = [], 0.0
+    print(f"{'iteration':>9} {'minutes':>8} " + " ".join(f"{t:>9}" for t in IOU_TYPES))
+    with open(args.out / "recipe.log", "a") as log:
+        for i, stop in enumerate(args.stops):
+            total += run_part(train_args, args.out, stop, resume=args.resume or i > 0, log=log)
+            ap = score(args.out, stop, val, model, log)
+            rows.append({"iteration": stop, "train_minutes": round(total / 60, 2), "ap": ap})
+            print(f"{stop:>9} {total / 60:>8.1f} " + " ".join(f"{ap.get(t, float('nan')):>9.3f}" for t in IOU_TYPES),
+                  flush=True)
+    result = {"command": ["python", "-m", "detector.train", *train_args, "--out", str(args.out)],
+              "validation": {"images": str(val[0]), "annotations": str(val[1])}, "rows": rows,
+              "resumed": args.resume, "threads": os.environ.get("OMP_NUM_THREADS"), "cpu": cpu_info(),
+              "commit": commit()}
+    path = args.json or args.out / "recipe.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
     return 0
 
 

@@ -54,7 +54,10 @@ class BackboneConfig:
     # A bottleneck trunk of other depth or widths than ``arch``'s, as Detectron2's RESNETS.* options make
     # them: blocks per stage (None: ``arch``'s own, and the fields below are unused), the stem's and res2's
     # output channels, ResNeXt groups and channels per group of res2's 3x3 convs (doubling per stage).
+    # block "basic" builds ResNet-18/34's two-3x3 blocks instead (res2_out_channels wide, no groups): a
+    # ResNet-18 of narrower widths, as the built-in small model uses.
     blocks: tuple[int, int, int, int] | None = None
+    block: str = "bottleneck"
     stem_channels: int = 64
     res2_out_channels: int = 256
     groups: int = 1
@@ -124,31 +127,39 @@ class ResNetBackbone(nn.Module):
 
 
 def _custom_trunk(cfg: BackboneConfig) -> nn.Module:
-    """A torchvision-style bottleneck ResNet of ``cfg.blocks`` and widths (conv1, bn1, relu, maxpool,
-    layer1..4 of torchvision Bottlenecks). Stage i (0..3) outputs res2_out_channels * 2^i channels through
-    3x3 convs of groups * width_per_group * 2^i channels, as Detectron2's ResNet builds them."""
+    """A torchvision-style ResNet of ``cfg.blocks`` and widths (conv1, bn1, relu, maxpool, layer1..4 of
+    torchvision Bottlenecks or BasicBlocks). Stage i (0..3) outputs res2_out_channels * 2^i channels; a
+    bottleneck stage's 3x3 convs have groups * width_per_group * 2^i channels, as Detectron2's ResNet builds
+    them."""
+    if cfg.block not in ("bottleneck", "basic"):
+        raise ValueError(f"unknown block {cfg.block!r}; choose bottleneck or basic")
     norm_layer = _norm_layer(cfg)
     out2, width2 = cfg.res2_out_channels, cfg.groups * cfg.width_per_group
-    if out2 % Bottleneck.expansion or (width2 * Bottleneck.expansion * 64) % (out2 * cfg.groups):
-        raise ValueError(f"res2_out_channels {out2} must be a multiple of {Bottleneck.expansion} that gives "
-                         f"{cfg.groups} x {cfg.width_per_group} channels per 3x3 conv in whole numbers")
-    base_width = width2 * Bottleneck.expansion * 64 // (out2 * cfg.groups)  # torchvision's width_per_group
+    if cfg.block == "basic":
+        if cfg.groups != 1:
+            raise ValueError(f"basic blocks have no groups (got groups={cfg.groups})")
+        block, base_width = BasicBlock, 64  # torchvision's BasicBlock takes only the default width
+    else:
+        if out2 % Bottleneck.expansion or (width2 * Bottleneck.expansion * 64) % (out2 * cfg.groups):
+            raise ValueError(f"res2_out_channels {out2} must be a multiple of {Bottleneck.expansion} that gives "
+                             f"{cfg.groups} x {cfg.width_per_group} channels per 3x3 conv in whole numbers")
+        block, base_width = Bottleneck, width2 * Bottleneck.expansion * 64 // (out2 * cfg.groups)
     trunk = nn.Module()
     trunk.conv1 = nn.Conv2d(3, cfg.stem_channels, 7, stride=2, padding=3, bias=False)
     trunk.bn1, trunk.relu = norm_layer(cfg.stem_channels), nn.ReLU(inplace=True)
     trunk.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     in_channels = cfg.stem_channels
     for i, count in enumerate(cfg.blocks):
-        planes, stride = out2 // Bottleneck.expansion * 2**i, 1 if i == 0 else 2
+        planes, stride = out2 // block.expansion * 2**i, 1 if i == 0 else 2
         blocks = []
         for b in range(count):
             downsample = None
-            if b == 0 and (stride != 1 or in_channels != planes * Bottleneck.expansion):
-                downsample = nn.Sequential(nn.Conv2d(in_channels, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                                           norm_layer(planes * Bottleneck.expansion))
-            blocks.append(Bottleneck(in_channels, planes, stride if b == 0 else 1, downsample, cfg.groups, base_width,
-                                     norm_layer=norm_layer))
-            in_channels = planes * Bottleneck.expansion
+            if b == 0 and (stride != 1 or in_channels != planes * block.expansion):
+                downsample = nn.Sequential(nn.Conv2d(in_channels, planes * block.expansion, 1, stride=stride, bias=False),
+                                           norm_layer(planes * block.expansion))
+            blocks.append(block(in_channels, planes, stride if b == 0 else 1, downsample, cfg.groups, base_width,
+                                norm_layer=norm_layer))
+            in_channels = planes * block.expansion
         setattr(trunk, f"layer{i + 1}", nn.Sequential(*blocks))
     return trunk
 

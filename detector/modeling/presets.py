@@ -87,7 +87,8 @@ def small_r18_fpn() -> ModelConfig:
     FPN, narrow heads, 256-pixel images; boxes, masks and keypoints of the synthetic dataset's classes."""
     return ModelConfig(
         class_names=SYNTHETIC_CLASSES,
-        backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5),
+        backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5, blocks=(2, 2, 2, 2), block="basic",
+                                stem_channels=32, res2_out_channels=32),
         fpn=FPNConfig(out_channels=128, norm="gn"),
         anchors=AnchorConfig(sizes=octave_sizes((16, 32, 64, 128, 256)), aspect_ratios=(0.5, 1.0, 2.0)),
         rpn=RPNConfig(pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=200),

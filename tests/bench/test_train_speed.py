@@ -1,10 +1,10 @@
-"""bench/train.py at a tiny size: both models take their steps on the same batches."""
+"""bench/train_speed.py at a tiny size: both models take their steps on the same batches."""
 
 from __future__ import annotations
 
 import json
 
-from bench.train import main, synthetic_batches
+from bench.train_speed import main, synthetic_batches
 
 
 def test_synthetic_batches_are_the_same_for_the_same_seed():
