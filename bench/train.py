@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --out, --stop-at and --resume are this script's to set, not the training command's")
     if sorted(set(args.stops)) != args.stops or args.stops[0] < 1:
         raise SystemExit(f"error: --stops must increase from 1 or more, got {args.stops}")
-    val = validation_set(train_args)
+    val = None  # found after the first part: generating the synthetic set is the training's time
     args.out.mkdir(parents=True, exist_ok=True)
     model = _value(train_args, "--model")
     rows, total = [], 0.0
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out / "recipe.log", "a") as log:
         for i, stop in enumerate(args.stops):
             total += run_part(train_args, args.out, stop, resume=args.resume or i > 0, log=log)
+            val = val or validation_set(train_args)
             ap = score(args.out, stop, val, model, log)
             rows.append({"iteration": stop, "train_minutes": round(total / 60, 2), "ap": ap})
             print(f"{stop:>9} {total / 60:>8.1f} " + " ".join(f"{ap.get(t, float('nan')):>9.3f}" for t in IOU_TYPES),

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("detector.train")
 
 # The synthetic data set's arguments: those of ``python -m detector.data.synthetic``'s defaults.
-SYNTHETIC = {"train": 200, "val": 50, "size": 256, "seed": 0}
+SYNTHETIC = {"train": 4000, "val": 50, "size": 256, "seed": 0}
 
 
 def _positive(kind):
@@ -68,28 +68,33 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-ann", type=Path, metavar="ANN.json")
     data.add_argument("--synthetic-dir", type=Path, default=Path("data/synthetic"), metavar="DIR")
     data.add_argument("--min-sizes", type=_positive(int), nargs="+", metavar="PX",
-                      help="shorter sides to draw from for each image (default: the preset's min_size)")
+                      help="shorter sides to draw from for each image (default: the preset's recipe, else its "
+                      "min_size)")
     data.add_argument("--max-size", type=_positive(int), metavar="PX", help="default: the preset's max_size")
     data.add_argument("--workers", type=int, metavar="N", help="loader processes (default: 4 on CUDA, 0 on the CPU)")
     sched = p.add_argument_group("schedule")
     length = sched.add_mutually_exclusive_group()
-    length.add_argument("--iters", type=_positive(int), metavar="N")
-    length.add_argument("--epochs", type=_positive(int), metavar="N", help="default: 12")
+    length.add_argument("--iters", type=_positive(int), metavar="N", help="default: the preset's recipe")
+    length.add_argument("--epochs", type=_positive(int), metavar="N",
+                        help="default, for a preset whose recipe gives no --iters: 12")
     sched.add_argument("--batch-size", type=_positive(int), default=2, help="images per process (default: 2)")
     sched.add_argument("--aspect-ratio-group-factor", type=int, default=0, metavar="K",
                        help="batch images of like aspect ratio: 0, by orientation (default); K > 0, in torchvision's "
                        "2K + 2 ratio groups (its COCO recipe: 3)")
     sched.add_argument("--lr", type=_positive(float),
-                       help="default: the preset's recipe (LR_RECIPES in detector/modeling/presets.py), "
+                       help="default: the preset's recipe (RECIPES in detector/modeling/presets.py), "
                        "else 0.02 x total batch / 16")
     sched.add_argument("--momentum", type=float, default=0.9)
     sched.add_argument("--weight-decay", type=float, default=1e-4)
-    sched.add_argument("--warmup-iters", type=int, metavar="N", help="default: min(1000, a tenth of the schedule)")
-    sched.add_argument("--lr-schedule", choices=SCHEDULES, default="step",
-                       help="step: x0.1 at 2/3 and 8/9 of the schedule (or at --lr-steps); cosine")
+    sched.add_argument("--warmup-iters", type=int, metavar="N",
+                       help="default: the preset's recipe, else min(1000, a tenth of the schedule)")
+    sched.add_argument("--lr-schedule", choices=SCHEDULES,
+                       help="step: x0.1 at 2/3 and 8/9 of the schedule (or at --lr-steps); cosine (default: step "
+                       "with --lr-steps, else the preset's recipe, else step)")
     sched.add_argument("--lr-steps", type=_positive(int), nargs="+", metavar="EPOCH",
                        help="the step schedule's x0.1 decays at the end of these epochs (torchvision's --lr-steps)")
-    sched.add_argument("--clip-grad-norm", type=_positive(float), metavar="NORM")
+    sched.add_argument("--clip-grad-norm", type=float, metavar="NORM",
+                       help="clip the gradients' norm to NORM; 0: no clipping (default: the preset's recipe)")
     sched.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, metavar="DIR", help="default: runs/PRESET")
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} go together")
     if args.aspect_ratio_group_factor < 0:
         parser.error(f"--aspect-ratio-group-factor must be at least 0, got {args.aspect_ratio_group_factor}")
-    if args.lr_steps is not None and args.lr_schedule != "step":
+    if args.clip_grad_norm is not None and args.clip_grad_norm < 0:
+        parser.error(f"--clip-grad-norm must be 0 (off) or more, got {args.clip_grad_norm}")
+    if args.lr_steps is not None and args.lr_schedule not in (None, "step"):
         parser.error(f"--lr-steps are for --lr-schedule step, not {args.lr_schedule}")
     if args.lr_steps is not None and args.lr_steps != sorted(set(args.lr_steps)):
         parser.error(f"--lr-steps must rise, got {' '.join(map(str, args.lr_steps))}")

@@ -92,8 +92,8 @@ def small_r18_fpn() -> ModelConfig:
         fpn=FPNConfig(out_channels=128, norm="gn"),
         anchors=AnchorConfig(sizes=octave_sizes((16, 32, 64, 128, 256)), aspect_ratios=(0.5, 1.0, 2.0)),
         rpn=RPNConfig(pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=200),
-        box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=128, detections_per_image=50),
-        mask=MaskHeadConfig(num_convs=2, conv_dim=128),
+        box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=64, detections_per_image=50),
+        mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=128),  # 56 x 56 masks: the figures' thin limbs
         keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128),
         input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
         keypoint_names=COCO_KEYPOINT_NAMES,
@@ -131,12 +131,20 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
 
 
 @dataclass(frozen=True)
-class LRRecipe:
-    """A preset's default learning rate: ``base_lr`` for ``per_images`` images a step, scaled linearly with
-    the total batch (the linear scaling rule); ``per_images=None`` keeps ``base_lr`` at any batch."""
+class TrainRecipe:
+    """A preset's training defaults: what ``python -m detector.train`` does where no flag says otherwise.
 
-    base_lr: float = 0.02  # torchvision's detection recipe: 0.02 for 16 images a step (8 GPUs x 2)
+    The rate is ``base_lr`` for ``per_images`` images a step, scaled linearly with the total batch (the
+    linear scaling rule); ``per_images=None`` keeps ``base_lr`` at any batch. The defaults are torchvision's
+    detection recipe (0.02 for 16 images a step, 8 GPUs x 2; step decay; 12 epochs; the preset's one size)."""
+
+    base_lr: float = 0.02
     per_images: int | None = 16
+    lr_schedule: str = "step"  # detector.training.schedules.SCHEDULES
+    iters: int | None = None  # the schedule's length; None: DEFAULT_EPOCHS epochs
+    warmup_iters: int | None = None  # None: min(1000, a tenth of the schedule)
+    min_sizes: tuple[int, ...] | None = None  # shorter sides drawn from in training; None: the preset's min_size
+    clip_grad_norm: float | None = None
 
     def lr(self, total_batch: int) -> float:
         """The rate for ``total_batch`` images a step (all processes together)."""
@@ -146,16 +154,17 @@ class LRRecipe:
 
 
 # The recipe of each preset; a preset not listed (or a custom config) trains with torchvision's.
-LR_RECIPES: dict[str, LRRecipe] = {
+RECIPES: dict[str, TrainRecipe] = {
     # Trains from scratch with GroupNorm, which keeps 0.02 stable at any batch (with the warm-up) and learns
-    # the synthetic set much faster than 0.02 x batch / 16.
-    "small_r18_fpn": LRRecipe(base_lr=0.02, per_images=None),
+    # the synthetic set much faster than 0.02 x batch / 16; measured with bench/train.py (bench/results/).
+    "small_r18_fpn": TrainRecipe(base_lr=0.02, per_images=None, lr_schedule="cosine", iters=8000, warmup_iters=200,
+                                 min_sizes=(224, 256, 288), clip_grad_norm=10.0),
 }
 
 
-def lr_recipe(name: str) -> LRRecipe:
-    """The learning-rate recipe of preset ``name``; torchvision's for any other name (a custom config)."""
-    return LR_RECIPES.get(name, LRRecipe())
+def train_recipe(name: str) -> TrainRecipe:
+    """The training recipe of preset ``name``; torchvision's for any other name (a custom config)."""
+    return RECIPES.get(name, TrainRecipe())
 
 
 def get_preset(name: str) -> ModelConfig:

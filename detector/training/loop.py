@@ -27,6 +27,7 @@ from detector import distributed as dist
 from detector.atomic import atomic_write_text, remove_stale_temporaries
 from detector.data.coco import CocoDataset
 from detector.modeling.rcnn import ModelConfig, build_model
+from detector.modeling.presets import train_recipe
 from detector.structures import Targets
 from detector.training.checkpoint import (CHECKPOINT_NAME, atomic_save, capture_rng, load_checkpoint, restore_rng,
                                           seed_everything)
@@ -53,24 +54,25 @@ class TrainConfig:
     train_ann: Path
     val_images: Path | None = None
     val_ann: Path | None = None
+    # None below: the preset's recipe (detector.modeling.presets.RECIPES), else torchvision's.
     iters: int | None = None  # the schedule's length; else epochs x batches per epoch
-    epochs: int | None = None  # DEFAULT_EPOCHS when neither is given
+    epochs: int | None = None  # the recipe's iters, else DEFAULT_EPOCHS, when neither is given
     batch_size: int = 2  # images per process and step (torchvision's recipe: 2 per GPU, 8 GPUs)
     aspect_ratio_group_factor: int = 0  # 0: batches of one orientation; torchvision's recipe: 3 (8 ratio groups)
     lr: float | None = None  # None: optim.default_lr
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int | None = None  # None: optim.default_warmup_iters
-    lr_schedule: str = "step"
+    lr_schedule: str | None = None  # None: step with lr_steps, else the recipe's
     lr_steps: tuple[int, ...] | None = None  # epochs after which step decay applies (torchvision's); None: 2/3, 8/9
-    clip_grad_norm: float | None = None
+    clip_grad_norm: float | None = None  # 0: no clipping
     workers: int = 0
     device: str = "cpu"
     seed: int = 0
     resume: bool = False
     checkpoint_every: int = 500
     amp: bool = False
-    min_sizes: tuple[int, ...] | None = None  # None: the preset's InputConfig.min_size
+    min_sizes: tuple[int, ...] | None = None  # None: the recipe's, else the preset's InputConfig.min_size
     max_size: int | None = None  # None: the preset's InputConfig.max_size
     weights: Path | None = None  # a trained model to start from
     backbone_weights: Path | str | None = None  # an ImageNet classifier file or catalogue name: the trunk's start
@@ -102,18 +104,23 @@ class Trainer:
         refuse_untrained_frozen_bn(model_cfg, cfg, preset)
         trunk = read_start_trunk(model_cfg, cfg, preset=preset, dist_info=self.dist)  # before the data: fail early
         seed_everything(cfg.seed + self.dist.rank)
-        self.model_cfg, self.train_set = _training_set(model_cfg, cfg)
+        recipe = train_recipe(preset)
+        self.model_cfg, self.train_set = _training_set(model_cfg, cfg, recipe.min_sizes)
         self.val_gt = load_validation_set(cfg.val_images, cfg.val_ann) if cfg.val_ann else None  # every rank: sharded
         self.loader, self.batches = build_loader(self.train_set, cfg.batch_size, workers=cfg.workers, seed=cfg.seed,
                                                  rank=self.dist.rank, world_size=self.dist.world_size,
                                                  group_factor=cfg.aspect_ratio_group_factor,
                                                  pin_memory=self.device.type == "cuda")
         per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
-        self.total_iters = cfg.iters or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
-        warmup = default_warmup_iters(self.total_iters) if cfg.warmup_iters is None else cfg.warmup_iters
+        self.total_iters = cfg.iters or (None if cfg.epochs else recipe.iters) or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
+        warmup = cfg.warmup_iters if cfg.warmup_iters is not None else recipe.warmup_iters
+        warmup = default_warmup_iters(self.total_iters) if warmup is None else min(warmup, self.total_iters)
+        kind = cfg.lr_schedule or ("step" if cfg.lr_steps else recipe.lr_schedule)
+        clip = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else recipe.clip_grad_norm
+        self.clip_grad_norm = clip or None  # 0: off
         lr = cfg.lr or default_lr(preset, cfg.batch_size, self.dist.world_size)
         steps = None if cfg.lr_steps is None else steps_in_iterations(cfg.lr_steps, per_epoch, self.total_iters)
-        self.schedule = LRSchedule(lr, self.total_iters, warmup, kind=cfg.lr_schedule, step_at=steps)
+        self.schedule = LRSchedule(lr, self.total_iters, warmup, kind=kind, step_at=steps)
 
         self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = build_optimizer(self.model, lr, cfg.momentum, cfg.weight_decay)
@@ -181,9 +188,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.clip_grad_norm is not None:
+        if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # With AMP the scaler skips steps with inf/NaN gradients itself; without it such a step would
@@ -273,7 +280,8 @@ class Trainer:
         return TrainResult(self.iteration, self.total_iters, checkpoint, final, results)
 
 
-def _training_set(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig, TrainingSet]:
+def _training_set(model_cfg: ModelConfig, cfg: TrainConfig,
+                  recipe_min_sizes: tuple[int, ...] | None = None) -> tuple[ModelConfig, TrainingSet]:
     """The data set, and the model's configuration with the data set's classes unless the preset
     names all of them already (then the labels are mapped to the preset's)."""
     coco = CocoDataset(cfg.train_images, cfg.train_ann, with_masks=model_cfg.mask is not None)
@@ -290,7 +298,7 @@ def _training_set(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
         logger.warning("%s has keypoints for %s, the model learns them for %s only", cfg.train_ann,
                        list(coco.keypoint_class_names), list(model_cfg.keypoint_classes))
     inp = model_cfg.input
-    train_set = TrainingSet(coco, model_cfg, min_sizes=cfg.min_sizes or (inp.min_size,),
+    train_set = TrainingSet(coco, model_cfg, min_sizes=cfg.min_sizes or recipe_min_sizes or (inp.min_size,),
                             max_size=cfg.max_size or inp.max_size, seed=cfg.seed, label_map=label_map)
     return model_cfg, train_set
 

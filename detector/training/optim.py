@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detector.modeling.presets import lr_recipe
+from detector.modeling.presets import train_recipe
 from detector.training.schedules import SCHEDULES
 
 # Normalisation layers keep their scale and shift free of weight decay (Detectron2's WEIGHT_DECAY_NORM = 0):
@@ -78,9 +78,9 @@ def steps_in_iterations(epochs: tuple[int, ...], per_epoch: int, total_iters: in
 
 
 def default_lr(preset: str, batch_size: int, world_size: int = 1) -> float:
-    """The rate of the preset's recipe (``detector.modeling.presets.LR_RECIPES``) for ``batch_size`` images
+    """The rate of the preset's recipe (``detector.modeling.presets.RECIPES``) for ``batch_size`` images
     per process on ``world_size`` processes; torchvision's linear scaling rule for a custom config."""
-    return lr_recipe(preset).lr(batch_size * world_size)
+    return train_recipe(preset).lr(batch_size * world_size)
 
 
 def default_warmup_iters(total_iters: int) -> int:

@@ -1,4 +1,4 @@
-"""detector/modeling/presets.py and preset_names.py: one list of names, one default, learning-rate recipes as data."""
+"""detector/modeling/presets.py and preset_names.py: one list of names, one default, training recipes as data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from detector.modeling.preset_names import DEFAULT_PRESET, PRESET_NAMES
-from detector.modeling.presets import LR_RECIPES, PRESETS, LRRecipe, get_preset, lr_recipe
+from detector.modeling.presets import PRESETS, RECIPES, TrainRecipe, get_preset, train_recipe
 
 
 def test_the_torch_free_names_are_the_builders_names() -> None:
@@ -23,28 +23,28 @@ def test_preset_names_import_without_torch() -> None:
 
 
 def test_every_recipe_names_a_preset() -> None:
-    assert set(LR_RECIPES) <= set(PRESETS)
+    assert set(RECIPES) <= set(PRESETS)
 
 
 def test_linear_scaling_rule_is_torchvisions_recipe() -> None:
-    recipe = lr_recipe("maskrcnn_r50_fpn")
-    assert recipe == LRRecipe()
+    recipe = train_recipe("maskrcnn_r50_fpn")
+    assert recipe == TrainRecipe()
     assert recipe.lr(16) == pytest.approx(0.02) and recipe.lr(2) == pytest.approx(0.0025)
 
 
 def test_a_fixed_rate_recipe_ignores_the_batch() -> None:
-    recipe = lr_recipe("small_r18_fpn")
+    recipe = train_recipe("small_r18_fpn")
     assert recipe.per_images is None
     assert recipe.lr(1) == recipe.lr(64) == pytest.approx(0.02)
 
 
 def test_an_unknown_name_trains_with_torchvisions_recipe() -> None:
-    assert lr_recipe("custom") == LRRecipe()
+    assert train_recipe("custom") == TrainRecipe()
 
 
 def test_a_batch_below_one_is_a_value_error_naming_it() -> None:
     with pytest.raises(ValueError, match="got 0"):
-        LRRecipe().lr(0)
+        TrainRecipe().lr(0)
 
 
 def test_unknown_preset_is_a_value_error_naming_it() -> None:

@@ -13,7 +13,8 @@ from safetensors import safe_open
 from detector.modeling.rcnn import build_model
 from detector.training import train
 from detector.training.checkpoint import load_checkpoint
-from detector.training.loop import _training_set
+from detector.modeling.presets import RECIPES
+from detector.training.loop import Trainer, _training_set
 from detector.weights import load_weights
 
 from .conftest import quick_model_cfg, quick_train_cfg
@@ -93,3 +94,27 @@ def test_a_data_set_with_other_classes_brings_its_keypoint_classes(tiny_syntheti
     trained_cfg, _ = _training_set(model_cfg, cfg)
     assert trained_cfg.class_names == ("__background__", "circle", "square", "triangle", "person")
     assert trained_cfg.keypoint_classes == ("person",) and trained_cfg.keypoint_labels == (4,)
+
+
+def test_the_presets_recipe_fills_what_the_config_leaves_open(tiny_synthetic, tmp_path: Path) -> None:
+    """small_r18_fpn's recipe (RECIPES) sets the schedule, warm-up, sizes and clipping where the config says
+    nothing; a value the config gives wins, and the "custom" preset trains with torchvision's defaults."""
+    recipe = RECIPES["small_r18_fpn"]
+    open_cfg = replace(quick_train_cfg(tiny_synthetic, tmp_path / "a"), iters=None, min_sizes=None)
+    trainer = Trainer(quick_model_cfg(), open_cfg, preset="small_r18_fpn")
+    assert trainer.total_iters == recipe.iters and trainer.schedule.kind == recipe.lr_schedule == "cosine"
+    assert trainer.schedule.warmup_iters == recipe.warmup_iters and trainer.schedule.base_lr == recipe.base_lr
+    assert trainer.train_set.min_sizes == recipe.min_sizes and trainer.clip_grad_norm == recipe.clip_grad_norm
+
+    given = replace(open_cfg, iters=7, min_sizes=(96,), lr_schedule="step", warmup_iters=1, clip_grad_norm=0.0, lr=0.5)
+    trainer = Trainer(quick_model_cfg(), given, preset="small_r18_fpn")
+    assert (trainer.total_iters, trainer.schedule.kind, trainer.schedule.warmup_iters) == (7, "step", 1)
+    assert trainer.train_set.min_sizes == (96,) and trainer.clip_grad_norm is None and trainer.schedule.base_lr == 0.5
+
+    epochs = Trainer(quick_model_cfg(), replace(open_cfg, epochs=2), preset="small_r18_fpn")
+    assert epochs.total_iters == 2 * len(epochs.batches.batches)  # --epochs replaces the recipe's length
+
+    custom = Trainer(quick_model_cfg(), open_cfg, preset="custom")
+    assert custom.schedule.kind == "step" and custom.clip_grad_norm is None
+    assert custom.train_set.min_sizes == (quick_model_cfg().input.min_size,)
+    assert custom.total_iters == 12 * len(custom.batches.batches)  # torchvision's 12 epochs
