@@ -47,7 +47,7 @@ def _png(image) -> bytes:
     return out.getvalue()
 
 
-def _candidates() -> Iterator[tuple[int, bytes, list[str]]]:
+def candidates() -> Iterator[tuple[int, bytes, list[str]]]:
     """(index, PNG, kinds of the annotated objects) of each scene of the samples' stream, in index order."""
     import numpy as np
 
@@ -62,16 +62,22 @@ def _candidates() -> Iterator[tuple[int, bytes, list[str]]]:
         index += 1
 
 
-def _fits(png: bytes, kinds: list[str]) -> bool:
+def fits(png: bytes, kinds: list[str]) -> bool:
+    """Whether a scene (its PNG, the kinds of its annotated objects) makes a sample."""
     return "person" in kinds and sum(kind != "person" for kind in kinds) >= MIN_SHAPES and len(png) < MAX_PNG_BYTES
+
+
+def pick(count: int) -> list[tuple[int, bytes, list[str]]]:
+    """(index, PNG, kinds) of the first ``count`` scenes of the samples' stream that fit."""
+    fitting = (candidate for candidate in candidates() if fits(candidate[1], candidate[2]))
+    return [next(fitting) for _ in range(count)]
 
 
 def sample_pngs() -> dict[Path, bytes]:
     """{path under api/static/samples: its PNG}, in the order of ``api.routes.page.SAMPLES``."""
     from api.routes.page import SAMPLES, SAMPLES_DIR
 
-    picked = (png for _, png, kinds in _candidates() if _fits(png, kinds))
-    return {SAMPLES_DIR / name: next(picked) for name in SAMPLES}
+    return {SAMPLES_DIR / name: png for name, (_, png, _) in zip(SAMPLES, pick(len(SAMPLES)), strict=True)}
 
 
 def detections_png(image_png: bytes) -> bytes:
@@ -105,6 +111,10 @@ def pictures(samples_only: bool) -> dict[Path, bytes]:
     return files
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def differing(files: dict[Path, bytes]) -> list[Path]:
     """The paths of ``files`` that are missing or hold other bytes."""
     return [path for path, data in files.items() if not path.is_file() or path.read_bytes() != data]
@@ -122,12 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         stale = differing(files)
         for path in stale:
-            print(f"{path.relative_to(ROOT)}: differs from what python docs/pictures.py writes", file=sys.stderr)
+            print(f"{_shown(path)}: differs from what python docs/pictures.py writes", file=sys.stderr)
         return 1 if stale else 0
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        print(f"wrote {path.relative_to(ROOT)} ({len(data)} bytes)")
+        print(f"wrote {_shown(path)} ({len(data)} bytes)")
     return 0
 
 
