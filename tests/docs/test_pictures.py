@@ -18,6 +18,7 @@ from detector.data.synthetic import make_image
 from detector.train import SYNTHETIC
 from docs import pictures
 from tests.process_state import ROOT
+from tests.test_cli_start import _imported, _run
 
 
 def test_check_reproduces_the_committed_samples():
@@ -61,3 +62,13 @@ def test_check_says_which_sample_differs(tmp_path, monkeypatch, capsys):
     assert pictures.main(["--check", "--samples-only"]) == 1
     assert capsys.readouterr().err.splitlines() == [f"{changed}: differs from what python docs/pictures.py writes"]
 
+
+
+def test_help_and_argument_errors_answer_without_torch():
+    """As every command line of the project (tests/test_cli_start.py): parsing first, the model after."""
+    out = _run("docs.pictures", ["--help"])
+    assert out.returncode == 0 and out.stdout.startswith("usage: python docs/pictures.py"), out.stderr
+    assert _imported(out) == []
+    out = _run("docs.pictures", ["--no-such-flag"])
+    assert out.returncode == 2 and "error:" in out.stderr
+    assert _imported(out) == []
