@@ -15,8 +15,9 @@ pixel-noise background barely compresses).
 ``docs/detections.png`` is the built-in model (the default preset with its shipped weights, the default
 speed, on the CPU) as the service draws it: ``POST /detect/render?score_threshold=0.5`` on the first sample,
 answered by the app of ``api.main`` in this process (FastAPI's TestClient, which needs httpx: the dev
-extra). It changes with the weights: regenerate it when they change. Both are deterministic on one machine;
-the picture may differ in a few pixels on another (float rounding), the samples do not.
+extra). It changes with the weights: regenerate it when they change. Both are deterministic on one machine.
+Elsewhere the picture may differ in a few pixels (float rounding); the samples' pixels do not, but a PNG's
+bytes depend on the zlib that Pillow compresses with.
 """
 
 from __future__ import annotations
