@@ -71,7 +71,7 @@ def test_the_wheel_holds_every_module_and_the_builtin_files(wheel: Path) -> None
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for top in ("detector", "api") for p in (ROOT / top).rglob("*.py")}
     assert modules and modules <= names, sorted(modules - names)
-    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "api" / "static").iterdir()}
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "api" / "static").rglob("*") if p.is_file()}
     assert static and static <= names, sorted(static - names)
     shipped = {f"detector/builtin/{p.name}" for p in (ROOT / "weights").iterdir() if p.is_file()}
     assert "detector/builtin/catalogue.json" in shipped and shipped <= names, sorted(shipped - names)

@@ -113,6 +113,25 @@ async function choose(file) {
   await detect();
 }
 
+/** A sample image of the page (GET /static/samples/NAME), then as a chosen file. */
+async function chooseSample(name) {
+  const sequence = ++state.sequence; // a later choice, while this one downloads, wins
+  $("file").value = ""; // the file field no longer names what is shown
+  setStatus("loading", `Loading ${name}…`);
+  let response;
+  try {
+    response = await fetch(`/static/samples/${encodeURIComponent(name)}`);
+  } catch (error) {
+    if (sequence === state.sequence) setStatus("error", `The service could not be reached (${error.message}).`);
+    return;
+  }
+  if (sequence !== state.sequence) return;
+  if (!response.ok) return setStatus("error", `GET /static/samples/${name} answered ${response.status}`);
+  const blob = await response.blob();
+  if (sequence !== state.sequence) return;
+  await choose(new File([blob], name, { type: blob.type || "image/png" }));
+}
+
 async function detect() {
   const sequence = state.sequence;
   const form = new FormData();
@@ -306,6 +325,9 @@ function onThreshold() {
 
 function wire() {
   $("file").addEventListener("change", (event) => choose(event.target.files[0]));
+  for (const button of document.querySelectorAll("#samples button")) {
+    button.addEventListener("click", () => chooseSample(button.dataset.sample));
+  }
   $("threshold").addEventListener("input", onThreshold);
   $("show-masks").addEventListener("change", draw);
   $("show-keypoints").addEventListener("change", draw);

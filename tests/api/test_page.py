@@ -8,7 +8,9 @@ under CI=true: tests/inputs.py).
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,11 @@ from selenium.webdriver import Chrome
 
 from api.main import create_app
 from api.render import _PALETTE
+from api.routes.page import SAMPLES, SAMPLES_DIR
 from detector.data.coco_keypoints import COCO_SKELETON
 from detector.modeling.presets import SYNTHETIC_CLASSES
+from detector.train import SYNTHETIC
+from docs.pictures import MAX_PNG_BYTES
 from tests.api.browser.chrome import NO_BROWSER, find_browser, start_chrome
 from tests.api.browser.page import SLIDER_POSITIONS, DetectorPage
 from tests.api.browser.server import detect_requests, serve
@@ -71,6 +76,36 @@ def test_static_files_are_served(plain_client, name, content_type, needle):
 @pytest.mark.parametrize("name", ["index.html.bak", "..%2Fmain.py", "nothing.js"])
 def test_only_the_page_files_are_served(plain_client, name):
     assert plain_client.get(f"/static/{name}").status_code == 404
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_samples_are_served(plain_client, name):
+    response = plain_client.get(f"/static/samples/{name}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content == (SAMPLES_DIR / name).read_bytes() and len(response.content) < MAX_PNG_BYTES
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG" and image.mode == "RGB"
+    # As the built-in training set's scenes: the longer side its size, the other 75-100% of it.
+    assert max(image.size) == SYNTHETIC["size"] and min(image.size) >= 0.75 * SYNTHETIC["size"]
+
+
+@pytest.mark.parametrize("name", ["sample-0.png", "sample-1.PNG", "..%2Fapp.js", "..%2F..%2Fmain.py", "app.js", "x"])
+def test_only_the_samples_in_the_table_are_served(plain_client, name):
+    assert plain_client.get(f"/static/samples/{name}").status_code == 404
+
+
+def test_the_table_of_samples_is_the_folder(plain_client):
+    assert sorted(path.name for path in SAMPLES_DIR.iterdir()) == sorted(SAMPLES)
+
+
+def test_the_page_offers_every_sample_as_a_button(plain_client):
+    html = plain_client.get("/").text
+    buttons = re.findall(r'<button type="button" data-sample="([^"]+)"><img src="/static/samples/([^"]+)" alt="([^"]+)">',
+                         html)
+    assert [(name, src) for name, src, _ in buttons] == [(name, name) for name in SAMPLES]
+    alts = [alt for _, _, alt in buttons]
+    assert len(set(alts)) == len(SAMPLES) and all("sample" in alt for alt in alts)
 
 
 def test_the_page_is_not_in_the_api_document(plain_client):
@@ -277,24 +312,70 @@ def _box_edges(det: dict) -> np.ndarray:
     return out
 
 
-def _box_ring(det: dict, margin: int = 2) -> np.ndarray:
-    """(H, W) bool: pixels within ``margin`` of ``det``'s box outline."""
+def _box_ring(det: dict, margin: int = 2, size: tuple[int, int] = (H, W)) -> np.ndarray:
+    """(H, W) bool, of an image of ``size`` (H, W): pixels within ``margin`` of ``det``'s box outline."""
     x1, y1, x2, y2 = det["bbox"]
-    ys, xs = np.mgrid[0:H, 0:W] + 0.5  # pixel centres
+    ys, xs = np.mgrid[0 : size[0], 0 : size[1]] + 0.5  # pixel centres
     outer = (xs > x1 - margin) & (xs < x2 + margin) & (ys > y1 - margin) & (ys < y2 + margin)
     inner = (xs > x1 + margin) & (xs < x2 - margin) & (ys > y1 + margin) & (ys < y2 - margin)
     return outer & ~inner
 
 
-def _label_bands(shown: list[dict], height: int = 16, width: int = 200) -> np.ndarray:
-    """(H, W) bool: where the labels of ``shown`` may be (16 pixels tall, above the box unless at the
-    top of the image; no wider than ``width``), and a pixel around for antialiasing."""
-    out = np.zeros((H, W), bool)
+def _label_bands(shown: list[dict], height: int = 16, width: int = 200, size: tuple[int, int] = (H, W)) -> np.ndarray:
+    """(H, W) bool, of an image of ``size`` (H, W): where the labels of ``shown`` may be (16 pixels tall, above
+    the box unless at the top of the image; no wider than ``width``), and a pixel around for antialiasing."""
+    out = np.zeros(size, bool)
     for det in shown:
         x1, y1 = det["bbox"][:2]
         top = y1 - height if y1 >= height else y1
         out[max(int(top) - 1, 0) : int(top + height) + 2, max(int(x1) - 1, 0) : int(x1) + width] = True
     return out
+
+
+def test_a_clicked_sample_is_detected_and_drawn(page, base_url):
+    page.wait(lambda _: all(t["width"] > 0 for t in page.sample_thumbnails()), 10)  # loaded under the CSP
+    assert [t["sample"] for t in page.sample_thumbnails()] == list(SAMPLES)
+    before = detect_requests(base_url, KEY)
+    name = SAMPLES[0]
+    page.click_sample(name)
+    assert page.wait_for("key-needed", "done") == "key-needed"
+    page.enter_key(KEY)
+    assert page.wait_for("done", "error") == "done", page.status()
+    assert name in page.status()
+    assert page.drawn()["requests"] == 2  # the 401, then the keyed upload
+    assert _settled(lambda: detect_requests(base_url, KEY), before + 2) == before + 2
+    response = page.response()
+    sample = np.asarray(Image.open(SAMPLES_DIR / name).convert("RGB"))
+    assert (response["height"], response["width"]) == sample.shape[:2]
+
+    # The canvas is the sample, pixel for pixel, but where boxes and labels are drawn (no masks, no keypoints).
+    page.toggle("masks")
+    page.toggle("keypoints")
+    page.set_threshold(1)
+    shown = [det for det in response["detections"] if det["score"] >= 1]
+    assert page.drawn()["drawn"] == len(shown)
+    size = sample.shape[:2]
+    drawn_on = _label_bands(shown, size=size)
+    for det in shown:
+        drawn_on |= _box_ring(det, size=size)
+    canvas = page.canvas_pixels()
+    assert canvas.shape == sample.shape and (~drawn_on).any()
+    assert np.array_equal(canvas[~drawn_on], sample[~drawn_on])
+
+    page.set_threshold(0)  # whatever the weights, the model keeps something at score 0
+    assert page.drawn()["drawn"] == len(response["detections"]) > 0
+    assert (page.canvas_pixels() != sample).any()
+
+
+def test_a_sample_is_chosen_from_the_keyboard(page):
+    name = SAMPLES[-1]
+    page.press_sample(name)
+    assert page.wait_for("key-needed", "done") == "key-needed"
+    page.enter_key(KEY)
+    assert page.wait_for("done", "error") == "done", page.status()
+    assert name in page.status() and page.drawn()["requests"] == 2
+    height, width = np.asarray(Image.open(SAMPLES_DIR / name)).shape[:2]
+    assert (page.response()["height"], page.response()["width"]) == (height, width)
 
 
 def test_a_dropped_image_is_detected(page, image_path):

@@ -54,6 +54,22 @@ class DetectorPage:
     def choose(self, path: Path) -> None:
         self._find("#file").send_keys(str(path))
 
+    def click_sample(self, name: str) -> None:
+        self._find(f'#samples button[data-sample="{name}"]').click()
+
+    def press_sample(self, name: str) -> None:
+        """Tab to the sample's button (focus it) and press Enter, as without a mouse."""
+        button = self._find(f'#samples button[data-sample="{name}"]')
+        self.driver.execute_script("arguments[0].focus()", button)
+        button.send_keys(Keys.ENTER)
+
+    def sample_thumbnails(self) -> list[dict]:
+        """[{"sample", "alt", "width"}] of the sample buttons' images; width 0: not loaded."""
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('#samples button')].map((b) => ({sample: b.dataset.sample, "
+            "alt: b.querySelector('img').alt, width: b.querySelector('img').naturalWidth}))"
+        )
+
     def drop(self, data: bytes, name: str, mime: str) -> None:
         self.driver.execute_script(_DROP, base64.b64encode(data).decode(), name, mime)
 
