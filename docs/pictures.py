@@ -1,7 +1,7 @@
 """Regenerate the pictures: the page's sample images and the README's picture of the built-in model.
 
     python docs/pictures.py                         # writes api/static/samples/*.png and docs/detections.png
-    python docs/pictures.py --check                 # exit 1 when a committed file differs from what it would write
+    python docs/pictures.py --check                 # exit 1 when a committed file's pixels differ from what it would write
     python docs/pictures.py --check --samples-only  # the samples alone: no model (tests/docs/test_pictures.py)
 
 The samples (one per name in ``api.routes.page.SAMPLES``) are fresh synthetic scenes from
@@ -16,8 +16,8 @@ pixel-noise background barely compresses).
 speed, on the CPU) as the service draws it: ``POST /detect/render?score_threshold=0.5`` on the first sample,
 answered by the app of ``api.main`` in this process (FastAPI's TestClient, which needs httpx: the dev
 extra). It changes with the weights: regenerate it when they change. Both are deterministic on one machine.
-Elsewhere the picture may differ in a few pixels (float rounding); the samples' pixels do not, but a PNG's
-bytes depend on the zlib that Pillow compresses with.
+Elsewhere the picture may differ in a few pixels (float rounding); the samples' pixels do not. ``--check``
+compares pixels, not bytes: a PNG's bytes depend on the zlib that Pillow compresses with.
 """
 
 from __future__ import annotations
@@ -116,9 +116,18 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
+def _pixels(png: bytes) -> tuple:
+    """A PNG's mode, size and pixels: what a picture shows, whatever zlib compressed it."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.mode, image.size, image.tobytes()
+
+
 def differing(files: dict[Path, bytes]) -> list[Path]:
-    """The paths of ``files`` that are missing or hold other bytes."""
-    return [path for path, data in files.items() if not path.is_file() or path.read_bytes() != data]
+    """The paths of ``files`` that are missing or hold other pixels."""
+    return [path for path, data in files.items()
+            if not path.is_file() or _pixels(path.read_bytes()) != _pixels(data)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

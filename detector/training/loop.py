@@ -112,7 +112,8 @@ class Trainer:
                                                  group_factor=cfg.aspect_ratio_group_factor,
                                                  pin_memory=self.device.type == "cuda")
         per_epoch = dist.max_over_ranks(len(self.batches.batches), self.dist, self.device)
-        self.total_iters = cfg.iters or (None if cfg.epochs else recipe.iters) or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
+        length = cfg.iters or (None if cfg.epochs else recipe.iters)  # --epochs replaces the recipe's length
+        self.total_iters = length or (cfg.epochs or DEFAULT_EPOCHS) * per_epoch
         warmup = cfg.warmup_iters if cfg.warmup_iters is not None else recipe.warmup_iters
         warmup = default_warmup_iters(self.total_iters) if warmup is None else min(warmup, self.total_iters)
         kind = cfg.lr_schedule or ("step" if cfg.lr_steps else recipe.lr_schedule)

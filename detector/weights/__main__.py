@@ -1,4 +1,4 @@
-"""python -m detector.weights list | download NAME | verify FILE [--name NAME] | convert IN OUT --preset P
+"""python -m detector.weights list | download NAME | verify FILE [--name NAME] | convert IN OUT --preset P [--half]
 
 list: the catalogue of published checkpoints (detection models, and the ImageNet classifiers whose trunks
 ``detector.train --backbone-weights`` starts from); download: fetch one into the cache, verify its SHA-256 and
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("src", type=Path)
     c.add_argument("dst", type=Path)
     c.add_argument("--preset", required=True)
+    c.add_argument("--half", action="store_true",
+                   help="store floating tensors as float16: half the file, loaded back into float32")
     args = p.parse_args(argv)
     catalogue = load_catalogue()
     try:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             for entry in _entries_for(catalogue, args.file, args.name):
                 print(f"{args.file}: OK ({verify(args.file, entry)}, {entry.name})")
         else:
-            _convert(args.src, args.dst, args.preset)
+            _convert(args.src, args.dst, args.preset, half=args.half)
             print(f"{args.src} -> {args.dst}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -78,7 +80,7 @@ def _entries_for(catalogue, path: Path, name: str | None) -> list:
     return claimed
 
 
-def _convert(src: Path, dst: Path, preset: str) -> None:
+def _convert(src: Path, dst: Path, preset: str, half: bool = False) -> None:
     """``src`` into safetensors with what rebuilds its model (``detector.weights.model_metadata``): the
     preset's classes for a file that does not name its own, the file's own for one that does."""
     from detector.modeling.rcnn import build_model
@@ -89,7 +91,7 @@ def _convert(src: Path, dst: Path, preset: str) -> None:
     model = build_model(cfg)
     load_weights(model, src)
     save_weights(model, dst, metadata={MODEL_KEY: model_metadata(preset, cfg), "source": src.name,
-                                       "frozen_bn_eps": frozen_bn_eps_of(model)})
+                                       "frozen_bn_eps": frozen_bn_eps_of(model)}, half=half)
 
 
 if __name__ == "__main__":

@@ -287,3 +287,25 @@ def test_weights_may_be_a_catalogue_name_downloaded_once_and_naming_its_preset(t
         Predictor.from_preset(None, "trunk_test")
     with pytest.raises(ValueError, match="no_such_name: weights file not found, nor a catalogue name"):
         Predictor.from_preset(None, "no_such_name")
+
+
+def test_convert_half_stores_float16_that_loads_into_float32_with_the_files_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from detector.weights.loading import save_weights
+    from detector.weights.model_metadata import MODEL_KEY, model_config_for, model_metadata
+
+    cfg = replace(get_preset("small_r18_fpn"), input=InputConfig(min_size=288, max_size=384))  # as trained
+    model = RCNN(cfg).eval()
+    src, dst = tmp_path / "model_final.safetensors", tmp_path / "half.safetensors"
+    save_weights(model, src, metadata={MODEL_KEY: model_metadata("small_r18_fpn", cfg)})
+    assert main(["convert", str(src), str(dst), "--preset", "small_r18_fpn", "--half"]) == 0
+    assert dst.stat().st_size < 0.55 * src.stat().st_size
+    with safe_open(str(dst), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} >= {torch.float16}
+        assert torch.float32 not in {f.get_tensor(k).dtype for k in f.keys()}
+    assert model_config_for(None, dst)[1].input == cfg.input  # the trained input size travels
+    loaded = RCNN(cfg).eval()
+    load_weights(loaded, dst)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype and torch.equal(b, a.half().to(a.dtype) if a.is_floating_point() else a), name

@@ -1,4 +1,4 @@
-"""docs/pictures.py: the committed sample images are what it makes, byte for byte, by the rule its docstring
+"""docs/pictures.py: the committed sample images are what it makes, pixel for pixel, by the rule its docstring
 states; ``--check`` says when a file differs. The model's picture (docs/detections.png) is left out: it
 changes with the weights, and the lead regenerates it with them."""
 
