@@ -26,11 +26,14 @@ BAND_ELEMENTS = 1 << 20
 
 def bilinear_taps(in_size: int, out_size: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """For each output index d of one axis: the source indices (i0, i1) and the weight of i1, as torch's
-    bilinear upsampling with ``align_corners=False`` and an output size computes them (in float32):
-    src = max(0, (d + 0.5) * in / out - 0.5), i0 = floor(src), i1 = min(i0 + 1, in - 1), weight src - i0.
+    bilinear upsampling with ``align_corners=False`` and an output size computes them in float32:
+    src = max(0, (d + 0.5) * scale - 0.5) with scale = in / out in float32, the product and difference
+    rounded once (as its CPU kernel's fused multiply-add; rounding twice moves weights by up to 1e-4),
+    i0 = floor(src), i1 = min(i0 + 1, in - 1), weight src - i0.
     Returns i0 (out,) int64, i1 (out,) int64, lambda1 (out,) float32; the weight of i0 is 1 - lambda1."""
-    scale = torch.tensor(in_size / out_size, dtype=torch.float32)  # = float32(in) / out: double rounding is exact here
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)  # (out,)
+    scale = in_size / out_size  # a double, rounded to float32 below: as float32(in) / out (53 >= 2 * 24 + 2 bits)
+    scale = float(torch.tensor(scale, dtype=torch.float32))
+    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp_(min=0)  # (out,)
     i0 = src.floor().long().clamp_(max=in_size - 1)
     i1 = (i0 + 1).clamp_(max=in_size - 1)
     lambda1 = (src - i0).clamp_(0, 1)
