@@ -28,6 +28,11 @@ for weights stored in another layout. Each speed-up is an explicit option (``Inf
   NMS, scores, mask probabilities and keypoint decoding stay in float32 (``Bf16Autocast``). Not exact,
   and it pays only where the hardware has bf16 arithmetic (CUDA; CPUs with AVX512-BF16 or AMX,
   ``kernels.bf16_is_fast``): elsewhere oneDNN emulates it, far slower.
+- ``banded_resize``: the input step (``transform.preprocess``) resizes each image before normalising it,
+  band by band of output rows from the two source rows each reads (``banded_resize.resize_banded``),
+  rather than normalising a full-size float copy and resizing that: the same bilinear resize, the
+  normalisation commuting with it up to float rounding, and no image-sized float tensor. The
+  Detectron2 presets' input step (Pillow on the uint8 image) has no float copy to avoid: unchanged.
 
 The private torch ops these use are behind ``detector.modeling.kernels``, with public fallbacks. The
 "exact" mode imports none of this: it is the model itself, bit-identical to torchvision. Measured

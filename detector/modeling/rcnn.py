@@ -121,7 +121,7 @@ class RCNN(nn.Module):
         pads them all to one batch, as torchvision's models do."""
         cfg = self.cfg.input
         original_sizes = [tuple(i.shape[-2:]) for i in images]
-        images = [preprocess(i, cfg) for i in images]
+        images = [preprocess(i, cfg, banded=self.inference_options.banded_resize) for i in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             key = (0, 0) if pad_together else padded_size(image.shape[-2:], cfg.size_divisible)
@@ -144,7 +144,8 @@ class RCNN(nn.Module):
         return self.roi_heads.predict(features, proposals, sizes)
 
     def optimize_for_inference(
-        self, *, fuse_bn: bool = True, channels_last: bool = True, nnpack: bool = True, bf16: bool = False
+        self, *, fuse_bn: bool = True, channels_last: bool = True, nnpack: bool = True, bf16: bool = False,
+        banded_resize: bool = True,
     ) -> RCNN:
         """A copy of this model, in eval mode, faster at ``predict``; this model is left as it is (it may
         be training). The defaults are Predictor's speed="fast"; see ``detector.modeling.fast_inference``.
@@ -153,8 +154,10 @@ class RCNN(nn.Module):
         bottleneck's ReLUs and residual add inside its convs. ``channels_last``: backbone, FPN (and RPN
         head without NNPACK) in NHWC, and the mask head's deconv and 1x1 predictor. ``nnpack``: 3x3
         stride-1 convs by NNPACK on the CPU, and the RPN head's 1x1 convs as one matmul. ``bf16``: convs
-        and linear layers under bfloat16 autocast (then no NNPACK). A copy with BN folded or bf16 cannot
-        train (``forward`` raises) and its state_dict has other keys: save and train the original.
+        and linear layers under bfloat16 autocast (then no NNPACK). ``banded_resize``: each input image
+        resized band by band before it is normalised, without a full-size float copy. A copy with BN
+        folded or bf16 cannot train (``forward`` raises) and its state_dict has other keys: save and
+        train the original.
 
         Each block builds its own inference form; what a form leaves as it is (the box head, the poolers,
         NNPACK's convs, GroupNorms...) shares this model's tensors rather than copying them: training this
@@ -163,7 +166,8 @@ class RCNN(nn.Module):
 
         if self.inference_options != InferenceOptions():
             raise ValueError(f"this model is already optimised ({self.inference_options}): optimise the original")
-        options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last, nnpack=nnpack and not bf16, bf16=bf16)
+        options = InferenceOptions(fuse_bn=fuse_bn, channels_last=channels_last, nnpack=nnpack and not bf16, bf16=bf16,
+                                   banded_resize=banded_resize)
         fast = shared_copy(self)
         fast.backbone = self.backbone.for_inference(options)
         fast.fpn = self.fpn.for_inference(options)

@@ -14,12 +14,13 @@ class InferenceOptions:
     channels_last: bool = False  # NHWC trunk, FPN and RPN head: oneDNN reads it without reordering
     nnpack: bool = False  # NNPACK's Winograd 3x3 convs where they pay; the RPN head's 1x1 convs as a matmul
     bf16: bool = False  # bfloat16 autocast for convs and linear layers: approximate, for bf16 hardware
+    banded_resize: bool = False  # resize the input band by band before normalising: no full-size float copy
 
 
 SPEEDS: dict[str, InferenceOptions] = {
     "exact": InferenceOptions(),  # bit-identical to torchvision (tests/detector/modeling/test_parity.py)
-    "fast": InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True),  # same maths, other rounding
-    "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True),  # approximate; needs bf16 hardware
+    "fast": InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True, banded_resize=True),  # same maths, other rounding
+    "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True, banded_resize=True),  # approximate; needs bf16 hardware
 }
 SPEED_NAMES = tuple(SPEEDS)
 DEFAULT_SPEED = "fast"

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from detector.modeling.banded_resize import resize_banded
 from detector.structures import Detections
 
 
@@ -84,13 +85,20 @@ def normalize(image: Tensor, cfg: InputConfig, *, inplace: bool = False) -> Tens
     return image.sub_(mean).div_(std) if inplace else (image - mean) / std
 
 
-def preprocess(image: Tensor, cfg: InputConfig) -> Tensor:
+def preprocess(image: Tensor, cfg: InputConfig, *, banded: bool = False) -> Tensor:
     """An input image (3, H, W), uint8 or float in [0, 1] -> normalised and resized (3, H', W'), in
     torchvision's order and arithmetic (float, normalise, resize). A uint8 image's float copy is normalised
     in place, one full-size float tensor per image rather than three, with the same numbers; a float image
-    given by the caller is left as it is."""
+    given by the caller is left as it is. ``banded`` (the fast modes): an image larger than its resized
+    size, whose float copy would be the largest tensor, is resized first, band by band, then normalised
+    (``banded_resize``): the same numbers up to float rounding, and no full-size float copy. (A smaller
+    one's float copy is smaller than the output; torch's one-pass resize is faster there.) The Detectron2
+    rule resizes the uint8 image first in either case."""
     if cfg.resize_rule == "detectron2":
         return _preprocess_detectron2(image, cfg)
+    size = resized_size(image.shape[-2], image.shape[-1], cfg.min_size, cfg.max_size)
+    if banded and image.shape[-2] * image.shape[-1] > size[0] * size[1]:
+        return normalize(resize_banded(image, size), cfg, inplace=True)
     x = to_float(image)
     return resize(normalize(x, cfg, inplace=x is not image), cfg.min_size, cfg.max_size)
 

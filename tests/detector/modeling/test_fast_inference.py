@@ -25,6 +25,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d, box_iou
 
@@ -38,12 +39,13 @@ from detector.modeling.fast_inference import InferenceConv2d, inference_conv
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import RCNN
 from detector.modeling.speeds import InferenceOptions
-from detector.modeling.transform import InputConfig
+from detector.modeling.transform import InputConfig, resized_size
 from detector.predictor import Predictor
 from detector.structures import Targets
 from detector.weights.loading import load_state_dict_strict
 from detector.weights.torchvision_keys import convert_torchvision_state_dict
 from bench.reference import torchvision_reference
+from tests.tiny_coco import tiny_coco_root
 
 BOX_TOL = 1.0  # px, random-weight R50 at 320 px; measured: 0.31-0.65 (median 0.004-0.007)
 SCORE_TOL = 5e-3  # measured: 1.3e-3
@@ -251,6 +253,20 @@ def test_fast_r50_gives_the_exact_detections(r50):
     assert_same_detections(exact, out)
     for e, f in zip(exact, out):
         assert f.mask_probs is not None and f.mask_probs.shape == e.mask_probs.shape
+
+
+def test_fast_predictor_on_photos_larger_than_the_models_input_gives_the_exact_detections(r50):
+    """COCO photos as the service passes them (uint8 views of HWC arrays), downscaled to 320 px: the fast
+    mode resizes each band by band before normalising it (transform.preprocess, banded), the exact mode
+    normalises a float copy and resizes it; the detections agree within the fast mode's tolerances."""
+    paths = sorted((tiny_coco_root() / "val2017").glob("*.jpg"))[:2]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    cfg = r50.cfg.input
+    assert all(np.prod(resized_size(*i.shape[:2], cfg.min_size, cfg.max_size)) < i.shape[0] * i.shape[1] for i in images)
+    with Predictor(r50, speed="exact") as exact, Predictor(r50) as fast:
+        expected, out = exact.predict(images), fast.predict(images)
+    assert all(len(e) > 10 for e in expected)
+    assert_same_detections(expected, out)
 
 
 @pytest.mark.parametrize("preset", ["fasterrcnn_r50_fpn_v2", "maskrcnn_r50_fpn_v2"])
