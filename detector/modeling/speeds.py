@@ -19,8 +19,10 @@ class InferenceOptions:
 
 SPEEDS: dict[str, InferenceOptions] = {
     "exact": InferenceOptions(),  # bit-identical to torchvision (tests/detector/modeling/test_parity.py)
-    "fast": InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True, banded_resize=True),  # same maths, other rounding
-    "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True, banded_resize=True),  # approximate; needs bf16 hardware
+    # The same maths, other rounding:
+    "fast": InferenceOptions(fuse_bn=True, channels_last=True, nnpack=True, banded_resize=True),
+    # Approximate; pays only on bf16 hardware:
+    "bf16": InferenceOptions(fuse_bn=True, channels_last=True, bf16=True, banded_resize=True),
 }
 SPEED_NAMES = tuple(SPEEDS)
 DEFAULT_SPEED = "fast"
