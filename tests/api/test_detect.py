@@ -67,7 +67,7 @@ def test_options_filter_and_shape_the_answer(client):
 
 
 def _sample() -> dict:
-    """The built-in model's sample image (a circle, a triangle and persons above 0.5), as an upload."""
+    """The built-in model's sample image (circles and persons above 0.5), as an upload."""
     return as_file(builtin_file("sample.png").read_bytes(), "sample.png", "image/png")
 
 
@@ -75,7 +75,8 @@ def test_keypoints_only_for_persons(client):
     response = client.post("/detect", files=_sample())
     assert response.status_code == 200, response.text
     found = {(d["category"], "keypoints" in d) for d in response.json()["detections"]}
-    assert found == {("circle", False), ("triangle", False), ("person", True)}
+    assert {("circle", False), ("person", True)} <= found  # the sample's circles and persons
+    assert all(has_keypoints == (category == "person") for category, has_keypoints in found), found
 
 
 def test_score_threshold_drops_low_scores(client):
@@ -91,7 +92,7 @@ def test_polygon_masks(client):
     response = client.post("/detect", params={"masks": "polygon"}, files=_sample())
     assert response.status_code == 200, response.text
     detections = response.json()["detections"]
-    assert len(detections) >= 3, detections  # the sample's circle, triangle and persons
+    assert len(detections) >= 3, detections  # the sample's circles and persons
     for det in detections:
         assert det["mask"]["size"] == [256, 249] and det["mask"]["polygons"], det
         x1, y1, x2, y2 = det["bbox"]

@@ -52,12 +52,13 @@ def test_writes_one_object_per_image_in_the_schema(tmp_path, image_file):
 
 
 def test_keypoints_only_for_persons(tmp_path):
-    # The built-in model's sample image: a circle, a triangle and persons above 0.5.
+    # The built-in model's sample image: circles and persons above 0.5.
     out = tmp_path / "out.json"
     assert main(["--model", "small_r18_fpn", "--out", str(out), str(builtin_file("sample.png"))]) == 0
     (result,) = json.loads(out.read_text())
     found = {(d["category"], "keypoints" in d) for d in result["detections"]}
-    assert found == {("circle", False), ("triangle", False), ("person", True)}
+    assert {("circle", False), ("person", True)} <= found
+    assert all(has_keypoints == (category == "person") for category, has_keypoints in found), found
 
 
 def test_speed_modes_give_the_same_detections(tmp_path, image_file):
