@@ -131,7 +131,9 @@ def test_a_fast_predictor_allocates_no_full_size_float_copy_of_a_large_image():
     the largest thing: the fast Predictor's largest new tensor (the mask head's activations, 20 MB) is
     smaller than the uint8 image itself, a quarter of a float copy."""
     torch.manual_seed(0)
-    model = RCNN(replace(get_preset("small_r18_fpn"), input=InputConfig(min_size=96, max_size=128))).eval()
+    cfg = get_preset("small_r18_fpn")  # with 28 x 28 masks: its 56 x 56 ones' activations outgrow the image
+    cfg = replace(cfg, input=InputConfig(min_size=96, max_size=128), mask=replace(cfg.mask, pool_size=14))
+    model = RCNN(cfg).eval()
     image = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
     assert resized_size(3000, 4000, 96, 128) == (96, 128)
     with Predictor(model, speed="fast") as fast, LargestNewTensor() as seen:
