@@ -27,31 +27,27 @@ from bench.machine import commit, cpu_info  # noqa: E402
 IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
-def _value(args: list[str], flag: str) -> str | None:
-    """The value given to ``flag`` in a command line (``--flag V`` or ``--flag=V``), else None."""
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+def _training_args(train_args: list[str]) -> argparse.Namespace:
+    """The training command's arguments as ``python -m detector.train`` parses them (torch-free)."""
+    from detector.train import build_parser as training_parser  # noqa: PLC0415
+
+    return training_parser().parse_args(train_args)
 
 
 def validation_set(train_args: list[str]) -> tuple[Path, Path]:
     """(images folder, annotation file) the recipe is scored on: ``--val-images``/``--val-ann`` of the
     training command, else the built-in synthetic set's validation split (its ``--synthetic-dir``)."""
-    images, ann = _value(train_args, "--val-images"), _value(train_args, "--val-ann")
-    if (images is None) != (ann is None):
+    args = _training_args(train_args)
+    if (args.val_images is None) != (args.val_ann is None):  # detector.train's main checks this, not its parser
         raise ValueError("give both --val-images and --val-ann to the training command, or neither")
-    if images is not None:
-        return Path(images), Path(ann)
-    if _value(train_args, "--train-ann") is not None:
+    if args.val_ann is not None:
+        return args.val_images, args.val_ann
+    if args.train_ann is not None:
         raise ValueError("a training command with its own data set needs --val-images and --val-ann to be scored")
-    from detector.train import SYNTHETIC  # noqa: PLC0415  (torch-free)
     from detector.data.synthetic import ensure_synthetic  # noqa: PLC0415
+    from detector.train import SYNTHETIC  # noqa: PLC0415
 
-    root = Path(_value(train_args, "--synthetic-dir") or "data/synthetic")
-    paths = ensure_synthetic(root, **SYNTHETIC)
+    paths = ensure_synthetic(args.synthetic_dir, **SYNTHETIC)
     return paths.val_images, paths.val_annotations
 
 
@@ -100,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --stops must increase from 1 or more, got {args.stops}")
     val = None  # found after the first part: generating the synthetic set is the training's time
     args.out.mkdir(parents=True, exist_ok=True)
-    model = _value(train_args, "--model")
+    model = _training_args(train_args).model  # exits on a bad training command, before any part runs
     rows, total = [], 0.0
     print(f"{'iteration':>9} {'minutes':>8} " + " ".join(f"{t:>9}" for t in IOU_TYPES))
     with open(args.out / "recipe.log", "a") as log:
