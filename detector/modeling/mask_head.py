@@ -28,6 +28,14 @@ class MaskHeadConfig:
     # Detectron2 (its checkpoints were evaluated so). Carried by each Detections (mask_paste).
     paste: str = "torchvision"
     norm: str | None = None  # after each conv (detector.modeling.norms); torchvision's v2 head: "bn"
+    # Training only: at most this many foreground RoIs per image (a random subset of the sampled ones) go
+    # through the head; None: all of them, as Mask R-CNN. The sampled positives cluster on few objects, so
+    # a subset keeps every object's gradient at a fraction of the head's cost, its largest on a CPU.
+    train_rois_per_image: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_rois_per_image is not None and self.train_rois_per_image < 1:
+            raise ValueError(f"train_rois_per_image must be at least 1 or None, got {self.train_rois_per_image}")
 
 
 class MaskHead(nn.Module):

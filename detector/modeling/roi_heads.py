@@ -53,6 +53,7 @@ class RoIHeads(nn.Module):
             self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned,
                                                    levels=box.pooler_levels)
             self.mask_head = MaskHead(in_channels, num_classes, mask)
+            self.mask_rois_per_image = mask.train_rois_per_image
         self.keypoint_labels = tuple(keypoint_labels)  # a plain tuple, not a buffer: the state_dict keeps its keys
         self.num_keypoints = keypoint.num_keypoints if keypoint is not None else 0
         self.keypoint_score = keypoint.score if keypoint is not None else "logit"
@@ -78,8 +79,9 @@ class RoIHeads(nn.Module):
 
     def _mask_loss(self, features: list[Tensor], proposals: list[Tensor], labels: list[Tensor],
                    matched: list[Tensor], targets: list[Targets]) -> Tensor:
-        """The mask head learns from the foreground proposals."""
-        fg = [torch.where(lab > 0)[0] for lab in labels]
+        """The mask head learns from the foreground proposals (at most ``train_rois_per_image`` of them per
+        image: the sampler gives them in random order)."""
+        fg = [torch.where(lab > 0)[0][: self.mask_rois_per_image] for lab in labels]
         fg_boxes = [p[i] for p, i in zip(proposals, fg)]
         fg_matched = [m[i] for m, i in zip(matched, fg)]
         logits = self.mask_head(self.mask_pooler(features, fg_boxes))  # (B, C+1, M, M)

@@ -272,8 +272,14 @@ class Trainer:
                         "min_sizes": list(self.train_set.min_sizes)}
             save_weights(self.model, final, metadata=metadata)
         if self.val_gt is not None:  # each rank predicts its share, rank 0 scores
-            results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset,
-                               dist_info=self.dist)
+            # At the input sizes the saved file names (trained_cfg), as detector.eval will run it, not the
+            # preset's: a recipe's training sizes may differ from the preset's min_size.
+            self.model.cfg, model_cfg = self.trained_cfg(), self.model.cfg
+            try:
+                results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device,
+                                   name=self.preset, dist_info=self.dist)
+            finally:
+                self.model.cfg = model_cfg
         if results is not None:
             atomic_write_text(out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
             logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))

@@ -5,12 +5,15 @@ safetensors metadata::
 
     {"format": 1, "preset": "maskrcnn_r50_fpn", "class_names": ["__background__", "cat", ...],
      "keypoint_names": [...], "keypoint_classes": [...],   # only for a model with a keypoint head
-     "min_size": 160, "max_size": 256}                      # the input sizes it was trained at
+     "min_size": 160, "max_size": 256,                      # the input sizes it was trained at
+     "config": {"backbone": {...}, "mask": {...}, ...}}     # the whole ModelConfig (config_io)
 
-The preset gives the architecture; the rest replaces the preset's values (``model_config_for``), so the
-class layers take the file's shapes. Files written before this entry existed carry "preset" and
-"class_names" at the top level: they are read as such. Files without either (torchvision's,
-Detectron2's, any .pth) leave the preset to decide, as before.
+"config" gives the architecture the file was written with, so that the file still loads after its preset
+changes (a retrained built-in model with other widths, say); files written before it existed take the
+preset's. The classes, keypoints and input sizes replace the architecture's values
+(``model_config_for``), so the class layers take the file's shapes. Files written before this entry
+existed carry "preset" and "class_names" at the top level: they are read as such. Files without either
+(torchvision's, Detectron2's, any .pth) leave the preset to decide, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from detector.modeling.config_io import config_from_dict, config_to_dict
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import ModelConfig
@@ -31,12 +35,13 @@ FORMAT_VERSION = 1  # raise it when a field changes meaning; readers refuse a ne
 
 
 def model_metadata(preset: str, cfg: ModelConfig) -> dict:
-    """The "model" entry for a model of ``preset`` built from ``cfg`` (its classes and input sizes)."""
+    """The "model" entry for a model of ``preset`` built from ``cfg`` (its classes, input sizes and whole config)."""
     entry = {"format": FORMAT_VERSION, "preset": preset, "class_names": list(cfg.class_names)}
     if cfg.keypoint is not None:
         entry["keypoint_names"] = list(cfg.keypoint_names)
         entry["keypoint_classes"] = list(cfg.keypoint_classes)
     entry["min_size"], entry["max_size"] = cfg.input.min_size, cfg.input.max_size
+    entry["config"] = config_to_dict(cfg)
     return entry
 
 
@@ -78,10 +83,10 @@ def model_config_for(preset: str | None, weights: str | Path | None) -> tuple[st
 
 
 def config_from_entry(entry: dict, source: str = "model metadata") -> ModelConfig:
-    """The preset's config with the entry's classes, keypoints and input sizes; ValueError naming
-    ``source`` for values the preset cannot take."""
+    """The entry's architecture ("config"), else its preset's, with the entry's classes, keypoints and input
+    sizes; ValueError naming ``source`` for values the architecture cannot take."""
     try:
-        cfg = get_preset(entry["preset"])
+        cfg = config_from_dict(entry["config"]) if "config" in entry else get_preset(entry["preset"])
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     classes = tuple(entry["class_names"])

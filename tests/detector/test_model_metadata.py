@@ -1,5 +1,5 @@
-"""detector/weights/model_metadata.py: a weights file that names its model rebuilds it (classes,
-keypoints, input sizes), through ``model_config_for`` and ``Predictor.from_preset``; a preset that
+"""detector/weights/model_metadata.py: a weights file that names its model rebuilds it (architecture,
+classes, keypoints, input sizes), through ``model_config_for`` and ``Predictor.from_preset``; a preset that
 disagrees is named beside the file's; files that name nothing leave the preset to decide."""
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from detector.modeling import presets
+from detector.modeling.config_io import config_from_dict
 from detector.modeling.preset_names import DEFAULT_PRESET
 from detector.modeling.presets import get_preset
 from detector.modeling.rcnn import build_model
 from detector.predictor import Predictor
 from detector.weights import save_weights
-from detector.weights.model_metadata import FORMAT_VERSION, MODEL_KEY, model_config_for, model_metadata
+from detector.weights.model_metadata import (FORMAT_VERSION, MODEL_KEY, config_from_entry, model_config_for,
+                                             model_metadata)
 
 PRESET = "small_r18_fpn"  # the smallest preset with boxes, masks and keypoints
 CLASSES = ("__background__", "apple", "pear", "person")
@@ -40,11 +43,44 @@ def own_weights(tmp_path_factory):
 
 def test_the_entry_is_small_versioned_json(own_weights):
     entry = model_metadata(PRESET, _own_cfg())
+    config = entry.pop("config")
     assert entry == {"format": FORMAT_VERSION, "preset": PRESET, "class_names": list(CLASSES),
                      "keypoint_names": list(get_preset(PRESET).keypoint_names), "keypoint_classes": ["person"],
                      "min_size": 160, "max_size": 224}
+    assert config_from_dict(json.loads(json.dumps(config))) == _own_cfg()
     assert "keypoint_names" not in model_metadata("fasterrcnn_r50_fpn", get_preset("fasterrcnn_r50_fpn"))
-    assert len(json.dumps(entry)) < 1000
+    assert len(json.dumps(entry)) + len(json.dumps(config)) < 5000
+
+
+def test_the_file_keeps_its_architecture_when_the_preset_changes(own_weights, monkeypatch):
+    """A retrained preset (other widths) must not break the files trained with the one before."""
+    before = _own_cfg()
+    wider = get_preset(PRESET)
+    wider = replace(wider, mask=replace(wider.mask, conv_dim=2 * wider.mask.conv_dim),
+                    fpn=replace(wider.fpn, out_channels=2 * wider.fpn.out_channels))
+    monkeypatch.setitem(presets.PRESETS, PRESET, lambda: wider)
+    assert get_preset(PRESET) == wider
+    assert model_config_for(None, own_weights) == (PRESET, before)
+    predictor = Predictor.from_preset(None, own_weights)
+    assert predictor.model.cfg == before
+    (det,) = predictor.predict([np.zeros((64, 80, 3), np.uint8)])
+    assert det.boxes.shape[1] == 4
+
+
+def test_an_entry_without_config_takes_the_presets_architecture(own_weights, monkeypatch):
+    entry = model_metadata(PRESET, _own_cfg())
+    del entry["config"]  # what detector.train wrote before the entry carried the config
+    changed = replace(get_preset(PRESET), fpn=replace(get_preset(PRESET).fpn, out_channels=64))
+    monkeypatch.setitem(presets.PRESETS, PRESET, lambda: changed)
+    assert config_from_entry(entry) == replace(changed, class_names=CLASSES, keypoint_classes=("person",),
+                                               input=replace(changed.input, min_size=160, max_size=224))
+
+
+def test_a_config_this_version_cannot_read_is_named():
+    entry = model_metadata(PRESET, _own_cfg())
+    entry["config"]["mask"]["upsampling"] = "pixel_shuffle"  # a field of a newer detector
+    with pytest.raises(ValueError, match=r"my.safetensors: config.mask: MaskHeadConfig has no field 'upsampling'"):
+        config_from_entry(entry, source="my.safetensors")
 
 
 @pytest.mark.parametrize("preset", [None, PRESET])

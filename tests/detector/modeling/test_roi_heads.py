@@ -1,4 +1,5 @@
-"""RoIHeads: the keypoint head serves the keypoint classes only, at inference and in training."""
+"""RoIHeads: the keypoint head serves the keypoint classes only, at inference and in training; the mask
+head learns from at most ``train_rois_per_image`` foreground RoIs per image."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from detector.modeling.box_head import BoxHeadConfig
 from detector.modeling.keypoint_head import KeypointHeadConfig
+from detector.modeling.mask_head import MaskHeadConfig
 from detector.modeling.roi_heads import RoIHeads
 from detector.structures import Targets
 
@@ -131,3 +133,58 @@ def test_keypoint_decoding_is_torchvisions_bit_for_bit():
     ours = heatmaps_to_keypoints(heatmaps, boxes)
     xy, scores = torchvision_decoding(heatmaps, boxes)
     assert torch.equal(ours[..., :2], xy[..., :2]) and torch.equal(ours[..., 2], scores)
+
+
+def _mask_heads(train_rois_per_image: int | None) -> RoIHeads:
+    torch.manual_seed(0)
+    mask = MaskHeadConfig(pool_size=7, num_convs=1, conv_dim=8, train_rois_per_image=train_rois_per_image)
+    return RoIHeads(CHANNELS, NUM_CLASSES, box=BoxHeadConfig(fc_dim=32, batch_size_per_image=64, aligned=True), mask=mask)
+
+
+def _mask_proposals() -> list[torch.Tensor]:
+    """The random proposals and 8 jittered copies of each object's box: many foreground RoIs."""
+    g = torch.Generator().manual_seed(6)
+    boxes = _targets(True)[0].boxes.repeat(8, 1)  # (16, 4)
+    return [torch.cat([_proposals()[0], boxes + torch.randn(boxes.shape, generator=g)])]
+
+
+def _mask_targets() -> list[Targets]:
+    """Two objects with their masks (filled boxes) in the 64 x 64 image."""
+    (t,) = _targets(True)
+    masks = torch.zeros(2, *SIZE, dtype=torch.uint8)
+    for m, (x1, y1, x2, y2) in zip(masks, t.boxes.long().tolist()):
+        m[y1:y2, x1:x2] = 1
+    return [Targets(boxes=t.boxes, labels=t.labels, masks=masks)]
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_mask_head_learns_from_at_most_train_rois_per_image_foreground_rois(cap):
+    every, capped = _mask_heads(None).train(), _mask_heads(cap).train()
+    capped.load_state_dict(every.state_dict())
+    rows_every, rows_capped = _RowCounter(every.mask_head), _RowCounter(capped.mask_head)
+    torch.manual_seed(4)
+    _, labels, _ = every._sample(_mask_proposals(), _mask_targets())
+    foreground = int((labels[0] > 0).sum())
+    assert foreground > 3, "the sampler gives more foreground RoIs than the caps"
+    torch.manual_seed(5)
+    loss_every = every(_features(), _mask_proposals(), _mask_targets())["loss_mask"]
+    torch.manual_seed(5)
+    loss_capped = capped(_features(), _mask_proposals(), _mask_targets())["loss_mask"]
+    assert rows_every.rows == foreground and rows_capped.rows == cap
+    assert loss_capped > 0 and not torch.equal(loss_capped, loss_every)
+    loss_capped.backward()
+    assert capped.mask_head.predictor.weight.grad.abs().sum() > 0
+
+
+def test_a_cap_above_the_foreground_count_changes_nothing():
+    every, capped = _mask_heads(None).train(), _mask_heads(1000).train()
+    capped.load_state_dict(every.state_dict())
+    torch.manual_seed(5)
+    expected = every(_features(), _mask_proposals(), _mask_targets())
+    torch.manual_seed(5)
+    assert capped(_features(), _mask_proposals(), _mask_targets()) == expected
+
+
+def test_a_cap_below_one_is_refused():
+    with pytest.raises(ValueError, match="train_rois_per_image must be at least 1 or None, got 0"):
+        MaskHeadConfig(train_rois_per_image=0)
