@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="small_r18_fpn")
     p.add_argument("--variant", action="append", default=[], metavar="'NAME: part.field=value ...'",
                    help="a variant of the preset (repeatable); the preset itself is always measured")
-    p.add_argument("--weights", type=Path, default=Path("weights/small_r18_fpn.safetensors"),
+    p.add_argument("--weights", default="weights/small_r18_fpn.safetensors",
                    help="start from these weights where their shapes fit ('' for a random start)")
     p.add_argument("--synthetic-dir", type=Path, default=Path("data/synthetic"),
                    help="the built-in synthetic set, generated here if missing")
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         args.train_images, args.train_ann = data.train_images, data.train_annotations
     variants = [("preset", [])] + [parse_variant(v) for v in args.variant]
     base = get_preset(args.preset)
-    weights = args.weights if args.weights and str(args.weights) and args.weights.exists() else None
+    weights = Path(args.weights) if args.weights else None
+    if weights is not None and not weights.is_file():
+        p.error(f"{weights}: no such file (--weights '' for a random start)")
     trainers, streams = [], []
     with tempfile.TemporaryDirectory() as out:
         for name, changes in variants:

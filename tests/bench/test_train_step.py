@@ -47,3 +47,9 @@ def test_bench_times_each_variant_on_a_tiny_set(tmp_path):
     assert [r["variant"] for r in result["rows"]] == ["preset", "cap 1"]
     assert all(r["steps"] == 2 and r["min_s"] > 0 for r in result["rows"])
     assert result["rows"][1]["changes"] == ["mask.train_rois_per_image=1"] and result["cpu"]["simd"]
+
+
+def test_missing_weights_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tmp_path / "nope.safetensors")])
+    assert "nope.safetensors: no such file" in capsys.readouterr().err
