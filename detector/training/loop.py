@@ -256,30 +256,18 @@ class Trainer:
         if self.dist.is_main:
             logger.info("resuming from %s at iteration %d (epoch %d)", path, self.iteration, self.epoch)
 
-    def trained_cfg(self) -> ModelConfig:
-        """The model's config as trained: the data set's classes, and inference at the largest shorter side
-        it was trained at (Detectron2's multi-scale recipe tests at the largest) and its longer-side limit."""
-        size = replace(self.model_cfg.input, min_size=max(self.train_set.min_sizes), max_size=self.train_set.max_size)
-        return replace(self.model_cfg, input=size)
-
     def _finish(self) -> TrainResult:
         out, checkpoint = self.cfg.out_dir, self.cfg.out_dir / CHECKPOINT_NAME
         if self.iteration < self.total_iters:
             return TrainResult(self.iteration, self.total_iters, checkpoint, None, None)
         final, results = out / FINAL_WEIGHTS_NAME, None
         if self.dist.is_main:
-            metadata = {MODEL_KEY: model_metadata(self.preset, self.trained_cfg()), "iterations": self.iteration,
+            metadata = {MODEL_KEY: model_metadata(self.preset, self.model_cfg), "iterations": self.iteration,
                         "min_sizes": list(self.train_set.min_sizes)}
             save_weights(self.model, final, metadata=metadata)
         if self.val_gt is not None:  # each rank predicts its share, rank 0 scores
-            # At the input sizes the saved file names (trained_cfg), as detector.eval will run it, not the
-            # preset's: a recipe's training sizes may differ from the preset's min_size.
-            self.model.cfg, model_cfg = self.trained_cfg(), self.model.cfg
-            try:
-                results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device,
-                                   name=self.preset, dist_info=self.dist)
-            finally:
-                self.model.cfg = model_cfg
+            results = evaluate(self.model, self.val_gt, self.cfg.val_images, device=self.device, name=self.preset,
+                               dist_info=self.dist)
         if results is not None:
             atomic_write_text(out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
             logger.info("validation: %s", ", ".join(f"{t} AP {s['AP']:.3f}" for t, s in results.items()))
@@ -289,8 +277,11 @@ class Trainer:
 
 def _training_set(model_cfg: ModelConfig, cfg: TrainConfig,
                   recipe_min_sizes: tuple[int, ...] | None = None) -> tuple[ModelConfig, TrainingSet]:
-    """The data set, and the model's configuration with the data set's classes unless the preset
-    names all of them already (then the labels are mapped to the preset's)."""
+    """The data set, and the model's configuration as trained: the data set's classes unless the preset
+    names all of them already (then the labels are mapped to the preset's), and inference at the largest
+    shorter side it trains at (Detectron2's multi-scale recipe tests at the largest) and its longer-side
+    limit. The training forward pass reads no input size (the data pipeline resizes), so the model built
+    from it trains as any other, and predicts (end-of-run validation, the saved file) as detector.eval will."""
     coco = CocoDataset(cfg.train_images, cfg.train_ann, with_masks=model_cfg.mask is not None)
     try:
         label_map = label_map_for(coco.class_names, model_cfg.class_names)
@@ -307,7 +298,8 @@ def _training_set(model_cfg: ModelConfig, cfg: TrainConfig,
     inp = model_cfg.input
     train_set = TrainingSet(coco, model_cfg, min_sizes=cfg.min_sizes or recipe_min_sizes or (inp.min_size,),
                             max_size=cfg.max_size or inp.max_size, seed=cfg.seed, label_map=label_map)
-    return model_cfg, train_set
+    inp = replace(inp, min_size=max(train_set.min_sizes), max_size=train_set.max_size)
+    return replace(model_cfg, input=inp), train_set
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, preset: str = "custom") -> TrainResult:
