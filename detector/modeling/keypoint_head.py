@@ -26,6 +26,13 @@ class KeypointHeadConfig:
     # A keypoint's score (KEYPOINT_SCORES): the heatmap logit at its maximum (torchvision), or Detectron2's
     # "softmax": exp(logit - max) over the sum of exp(heatmap - max) at the 56 x 56 heatmap's resolution.
     score: str = "logit"
+    # Training only: at most this many RoIs of the keypoint classes per image (a random subset of the sampled
+    # ones) go through the head; None: all of them, as Mask R-CNN (see MaskHeadConfig.train_rois_per_image).
+    train_rois_per_image: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_rois_per_image is not None and self.train_rois_per_image < 1:
+            raise ValueError(f"train_rois_per_image must be at least 1 or None, got {self.train_rois_per_image}")
 
 
 class KeypointHead(nn.Module):

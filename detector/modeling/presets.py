@@ -91,12 +91,15 @@ def small_r18_fpn() -> ModelConfig:
         class_names=SYNTHETIC_CLASSES,
         backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5, blocks=(2, 2, 2, 2), block="basic",
                                 stem_channels=32, res2_out_channels=32),
-        fpn=FPNConfig(out_channels=128, norm="gn"),
+        fpn=FPNConfig(out_channels=64, norm="gn"),
         anchors=AnchorConfig(sizes=octave_sizes((16, 32, 64, 128, 256)), aspect_ratios=(0.5, 1.0, 2.0)),
         rpn=RPNConfig(pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=200),
         box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=64, detections_per_image=50),
-        mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=128),  # 56 x 56 masks: the figures' thin limbs
-        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128),
+        # 56 x 56 masks (the figures' thin limbs); in training at most 8 RoIs per image through the mask and
+        # keypoint heads, sampled adaptively as Detectron2 (one point per bin below a pixel): the heads' cost,
+        # not their learning, dominated a CPU step (bench/results/train_step_small_r18_fpn.json)
+        mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=64, sampling_ratio=0, train_rois_per_image=8),
+        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8),
         input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
         keypoint_names=COCO_KEYPOINT_NAMES,
     )
@@ -159,7 +162,7 @@ class TrainRecipe:
 RECIPES: dict[str, TrainRecipe] = {
     # Trains from scratch with GroupNorm, which keeps 0.02 stable at any batch (with the warm-up) and learns
     # the synthetic set much faster than 0.02 x batch / 16; measured with bench/train.py (bench/results/).
-    "small_r18_fpn": TrainRecipe(base_lr=0.02, per_images=None, lr_schedule="cosine", iters=8000, warmup_iters=200,
+    "small_r18_fpn": TrainRecipe(base_lr=0.02, per_images=None, lr_schedule="cosine", iters=9000, warmup_iters=200,
                                  min_sizes=(224, 256, 288), clip_grad_norm=10.0),
 }
 

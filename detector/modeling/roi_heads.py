@@ -61,6 +61,7 @@ class RoIHeads(nn.Module):
             self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio,
                                                        aligned=box.aligned, levels=box.pooler_levels)
             self.keypoint_head = KeypointHead(in_channels, keypoint)
+            self.keypoint_rois_per_image = keypoint.train_rois_per_image
 
     def forward(self, features: list[Tensor], proposals: list[Tensor], targets: list[Targets]) -> dict[str, Tensor]:
         """Losses of the sampled proposals (boxes in padded-batch pixels)."""
@@ -93,8 +94,9 @@ class RoIHeads(nn.Module):
     def _keypoint_loss(self, features: list[Tensor], proposals: list[Tensor], labels: list[Tensor],
                        matched: list[Tensor], targets: list[Targets]) -> Tensor:
         """The keypoint head learns from the proposals matched to objects of the keypoint classes: the
-        others' keypoints (all v = 0 in COCO) would count for nothing, and are not even pooled."""
-        kp = [torch.where(self.has_keypoints(lab))[0] for lab in labels]
+        others' keypoints (all v = 0 in COCO) would count for nothing, and are not even pooled. At most
+        ``train_rois_per_image`` of them per image (the sampler gives them in random order)."""
+        kp = [torch.where(self.has_keypoints(lab))[0][: self.keypoint_rois_per_image] for lab in labels]
         kp_boxes = [p[i] for p, i in zip(proposals, kp)]
         kp_matched = [m[i] for m, i in zip(matched, kp)]
         heatmaps = self.keypoint_head(self.keypoint_pooler(features, kp_boxes))  # (B, P, S, S)
