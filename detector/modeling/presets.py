@@ -84,9 +84,11 @@ def maskkeypointrcnn_r50_fpn() -> ModelConfig:
 
 def small_r18_fpn() -> ModelConfig:
     """Small enough to train on a 2-core CPU: a ResNet-18 of half widths (32..256 channels) with GroupNorm
-    (trains from scratch), a 128-channel FPN, narrow heads, 64 sampled RoIs per image, 56 x 56 masks (the
+    (trains from scratch), a 64-channel FPN, narrow heads, 64 sampled RoIs per image, 56 x 56 masks (the
     stick figures' limbs are a few pixels wide), 256-pixel images; boxes, masks and keypoints of the
-    synthetic dataset's classes."""
+    synthetic dataset's classes. Its widths are where a CPU training step's time went
+    (bench/results/train_step_small_r18_fpn.json): the FPN's and RPN's 3x3 convs at stride 4, then the
+    mask head and its RoIAlign backward."""
     return ModelConfig(
         class_names=SYNTHETIC_CLASSES,
         backbone=BackboneConfig(arch="resnet18", norm="gn", trainable_stages=5, blocks=(2, 2, 2, 2), block="basic",

@@ -1,5 +1,5 @@
 """RoIHeads: the keypoint head serves the keypoint classes only, at inference and in training; the mask
-head learns from at most ``train_rois_per_image`` foreground RoIs per image."""
+and keypoint heads learn from at most ``train_rois_per_image`` RoIs per image."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ CHANNELS, NUM_CLASSES, PERSON, CIRCLE = 8, 5, 4, 1  # labels as in the synthetic
 SIZE = (64, 64)  # one image, (H, W)
 
 
-def _heads(keypoint_labels: tuple[int, ...]) -> RoIHeads:
+def _heads(keypoint_labels: tuple[int, ...], train_rois_per_image: int | None = None) -> RoIHeads:
     torch.manual_seed(0)
+    keypoint = KeypointHeadConfig(num_convs=1, conv_dim=8, train_rois_per_image=train_rois_per_image)
     return RoIHeads(CHANNELS, NUM_CLASSES, box=BoxHeadConfig(fc_dim=32, batch_size_per_image=64, aligned=True),
-                    keypoint=KeypointHeadConfig(num_convs=1, conv_dim=8), keypoint_labels=keypoint_labels)
+                    keypoint=keypoint, keypoint_labels=keypoint_labels)
 
 
 def _features() -> list[torch.Tensor]:
@@ -103,6 +104,29 @@ def test_keypoint_loss_learns_from_proposals_of_keypoint_classes_only():
     both = _heads((CIRCLE, PERSON)).train()
     both.load_state_dict(heads.state_dict())
     assert not torch.equal(_losses(both, _targets(True))["loss_keypoint"], visible)
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_keypoint_head_learns_from_at_most_train_rois_per_image_person_rois(cap):
+    every, capped = _heads((PERSON,)).train(), _heads((PERSON,), cap).train()
+    rows_every, rows_capped = _RowCounter(every.keypoint_head), _RowCounter(capped.keypoint_head)
+
+    def loss(heads: RoIHeads) -> torch.Tensor:
+        torch.manual_seed(5)  # the same proposals sampled each time
+        return heads(_features(), _mask_proposals(), _targets(True))["loss_keypoint"]
+
+    torch.manual_seed(5)
+    _, labels, _ = every._sample(_mask_proposals(), _targets(True))
+    persons = int((labels[0] == PERSON).sum())
+    assert persons > 2, "the sampler gives more person RoIs than the caps"
+    loss_every, loss_capped = loss(every), loss(capped)
+    assert rows_every.rows == persons and rows_capped.rows == cap
+    assert loss_capped > 0 and not torch.equal(loss_capped, loss_every)
+    loss_capped.backward()
+    assert capped.keypoint_head.deconv.weight.grad.abs().sum() > 0
+    assert torch.equal(loss(_heads((PERSON,), 1000).train()), loss_every)  # a cap above the count: no change
+    with pytest.raises(ValueError, match="train_rois_per_image must be at least 1 or None, got 0"):
+        KeypointHeadConfig(train_rois_per_image=0)
 
 
 def test_no_object_of_a_keypoint_class_gives_zero_keypoint_loss_with_gradient():
