@@ -12,7 +12,7 @@ from detector.modeling.presets import small_r18_fpn
 from detector.modeling.rcnn import RCNN
 from detector.modeling.transform import InputConfig
 
-ITERATIONS = 90
+ITERATIONS = 120
 
 
 def test_small_preset_overfits_generated_images(tmp_path):
