@@ -97,9 +97,10 @@ def small_r18_fpn() -> ModelConfig:
         anchors=AnchorConfig(sizes=octave_sizes((16, 32, 64, 128, 256)), aspect_ratios=(0.5, 1.0, 2.0)),
         rpn=RPNConfig(pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=200),
         box=BoxHeadConfig(aligned=True, fc_dim=256, batch_size_per_image=64, detections_per_image=50),
-        # 56 x 56 masks (the figures' thin limbs); in training at most 8 RoIs per image through the mask and
-        # keypoint heads, sampled adaptively as Detectron2 (one point per bin below a pixel): the heads' cost,
-        # not their learning, dominated a CPU step (bench/results/train_step_small_r18_fpn.json)
+        # 56 x 56 masks (the figures' thin limbs). In training at most 8 RoIs per image through the mask head,
+        # whose cost dominated a CPU step (bench/results/train_step_small_mask_head.json), and the keypoint head
+        # (which saved no measurable time: the shipped weights were trained so); RoIAlign sampled adaptively,
+        # as Detectron2 (one point per bin below a pixel).
         mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=64, sampling_ratio=0, train_rois_per_image=8),
         keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8),
         input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
