@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.modeling.sampling import check_train_rois_per_image
 from detector.modeling.speeds import InferenceOptions
 
 
@@ -31,8 +32,7 @@ class KeypointHeadConfig:
     train_rois_per_image: int | None = None
 
     def __post_init__(self) -> None:
-        if self.train_rois_per_image is not None and self.train_rois_per_image < 1:
-            raise ValueError(f"train_rois_per_image must be at least 1 or None, got {self.train_rois_per_image}")
+        check_train_rois_per_image(self.train_rois_per_image)
 
 
 class KeypointHead(nn.Module):

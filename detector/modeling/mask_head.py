@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detector.modeling.norms import check_conv_norm, conv_of, with_norm
+from detector.modeling.sampling import check_train_rois_per_image
 from detector.modeling.speeds import InferenceOptions
 
 
@@ -34,8 +35,7 @@ class MaskHeadConfig:
     train_rois_per_image: int | None = None
 
     def __post_init__(self) -> None:
-        if self.train_rois_per_image is not None and self.train_rois_per_image < 1:
-            raise ValueError(f"train_rois_per_image must be at least 1 or None, got {self.train_rois_per_image}")
+        check_train_rois_per_image(self.train_rois_per_image)
 
 
 class MaskHead(nn.Module):

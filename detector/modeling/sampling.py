@@ -42,3 +42,9 @@ def sample_balanced(labels: Tensor, batch_size: int, positive_fraction: float) -
     pos = positive[torch.randperm(positive.numel(), device=labels.device)[:num_pos]]
     neg = negative[torch.randperm(negative.numel(), device=labels.device)[:num_neg]]
     return pos, neg
+
+
+def check_train_rois_per_image(value: int | None) -> None:
+    """A head's training cap on RoIs per image (``train_rois_per_image``): at least 1, or None for all."""
+    if value is not None and value < 1:
+        raise ValueError(f"train_rois_per_image must be at least 1 or None, got {value}")
