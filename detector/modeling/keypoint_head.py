@@ -30,6 +30,7 @@ class KeypointHeadConfig:
     # Training only: at most this many RoIs of the keypoint classes per image (a random subset of the sampled
     # ones) go through the head; None: all of them, as Mask R-CNN (see MaskHeadConfig.train_rois_per_image).
     train_rois_per_image: int | None = None
+    canonical_size: float = 224.0  # as MaskHeadConfig.canonical_size
 
     def __post_init__(self) -> None:
         check_train_rois_per_image(self.train_rois_per_image)

@@ -33,6 +33,9 @@ class MaskHeadConfig:
     # through the head; None: all of them, as Mask R-CNN. The sampled positives cluster on few objects, so
     # a subset keeps every object's gradient at a fraction of the head's cost, its largest on a CPU.
     train_rois_per_image: int | None = None
+    # The box size pooled from the canonical FPN level P4 (MultiLevelRoIPooler): 224 as Mask R-CNN; twice
+    # that pools every box one level finer (P2 for boxes up to 2 x 224 / 4 = 112 px... see the pooler).
+    canonical_size: float = 224.0
 
     def __post_init__(self) -> None:
         check_train_rois_per_image(self.train_rois_per_image)

@@ -101,8 +101,10 @@ def small_r18_fpn() -> ModelConfig:
         # whose cost dominated a CPU step (bench/results/train_step_small_mask_head.json), and the keypoint head
         # (which saved no measurable time: the shipped weights were trained so); RoIAlign sampled adaptively,
         # as Detectron2 (one point per bin below a pixel).
-        mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=64, sampling_ratio=0, train_rois_per_image=8),
-        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8),
+        mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=64, sampling_ratio=0, train_rois_per_image=8,
+                            canonical_size=448.0),
+        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8,
+                                    canonical_size=448.0),
         input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
         keypoint_names=COCO_KEYPOINT_NAMES,
     )
@@ -165,7 +167,7 @@ class TrainRecipe:
 RECIPES: dict[str, TrainRecipe] = {
     # Trains from scratch with GroupNorm, which keeps 0.02 stable at any batch (with the warm-up) and learns
     # the synthetic set much faster than 0.02 x batch / 16; measured with bench/train.py (bench/results/).
-    "small_r18_fpn": TrainRecipe(base_lr=0.02, per_images=None, lr_schedule="cosine", iters=9000, warmup_iters=200,
+    "small_r18_fpn": TrainRecipe(base_lr=0.02, per_images=None, lr_schedule="cosine", iters=12000, warmup_iters=200,
                                  min_sizes=(224, 256, 288), clip_grad_norm=10.0),
 }
 

@@ -51,7 +51,7 @@ class RoIHeads(nn.Module):
         self.mask_pooler = self.mask_head = self.keypoint_pooler = self.keypoint_head = None
         if mask is not None:
             self.mask_pooler = MultiLevelRoIPooler(mask.pool_size, sampling_ratio=mask.sampling_ratio, aligned=box.aligned,
-                                                   levels=box.pooler_levels)
+                                                   canonical_size=mask.canonical_size, levels=box.pooler_levels)
             self.mask_head = MaskHead(in_channels, num_classes, mask)
             self.mask_rois_per_image = mask.train_rois_per_image
         self.keypoint_labels = tuple(keypoint_labels)  # a plain tuple, not a buffer: the state_dict keeps its keys
@@ -59,7 +59,8 @@ class RoIHeads(nn.Module):
         self.keypoint_score = keypoint.score if keypoint is not None else "logit"
         if keypoint is not None:
             self.keypoint_pooler = MultiLevelRoIPooler(keypoint.pool_size, sampling_ratio=keypoint.sampling_ratio,
-                                                       aligned=box.aligned, levels=box.pooler_levels)
+                                                       aligned=box.aligned, canonical_size=keypoint.canonical_size,
+                                                       levels=box.pooler_levels)
             self.keypoint_head = KeypointHead(in_channels, keypoint)
             self.keypoint_rois_per_image = keypoint.train_rois_per_image
 
