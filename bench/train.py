@@ -6,7 +6,8 @@
 Runs ``python -m detector.train [ARGS after --] --out OUT --stop-at S`` for each stop S in turn, each part
 resuming the one before (``--resume``), so one schedule (the length ``--iters``, or the recipe's) is cut
 into parts without changing it; after each part ``python -m detector.eval`` scores ``OUT/last.pth`` on the
-validation set, in the default speed mode. The clock counts the training processes only, start-up
+validation set, in the default speed mode (after the last part of a whole schedule, the final weights instead,
+the file that ships). The clock counts the training processes only, start-up
 included, evaluation not. With no data set in ARGS, the training command uses the built-in synthetic set
 and this script its validation split. Prints a table and writes JSON (``--json``) with the machine.
 """
@@ -64,10 +65,21 @@ def run_part(train_args: list[str], out: Path, stop: int, resume: bool, log) -> 
     return seconds
 
 
-def score(out: Path, stop: int, val: tuple[Path, Path], model: str | None, log) -> dict[str, float]:
-    """AP of ``out/last.pth`` by iou type, as ``python -m detector.eval`` measures it."""
-    metrics = out / f"eval_{stop}.json"
-    cmd = [sys.executable, "-m", "detector.eval", "--weights", str(out / "last.pth"), "--ann", str(val[1]),
+def scored_file(out: Path, part_started: float) -> Path:
+    """What a stop scores: the schedule's final weights where this part wrote them (the file that ships, which
+    names its model and the size it was trained to, as ``python -m detector.eval`` runs it), else
+    ``last.pth`` (a checkpoint, scored at the preset's size)."""
+    from detector.training.checkpoint import CHECKPOINT_NAME  # noqa: PLC0415 (torch: imported once trained)
+    from detector.training.loop import FINAL_WEIGHTS_NAME  # noqa: PLC0415
+
+    final = out / FINAL_WEIGHTS_NAME
+    return final if final.is_file() and final.stat().st_mtime >= part_started else out / CHECKPOINT_NAME
+
+
+def score(weights: Path, stop: int, val: tuple[Path, Path], model: str | None, log) -> dict[str, float]:
+    """AP of ``weights`` by iou type, as ``python -m detector.eval`` measures it."""
+    metrics = weights.parent / f"eval_{stop}.json"
+    cmd = [sys.executable, "-m", "detector.eval", "--weights", str(weights), "--ann", str(val[1]),
            "--images", str(val[0]), "--metrics-out", str(metrics), *(["--model", model] if model else [])]
     done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
@@ -101,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'iteration':>9} {'minutes':>8} " + " ".join(f"{t:>9}" for t in IOU_TYPES))
     with open(args.out / "recipe.log", "a") as log:
         for i, stop in enumerate(args.stops):
+            started = time.time()
             total += run_part(train_args, args.out, stop, resume=args.resume or i > 0, log=log)
             val = val or validation_set(train_args)
-            ap = score(args.out, stop, val, model, log)
-            rows.append({"iteration": stop, "train_minutes": round(total / 60, 2), "ap": ap})
+            weights = scored_file(args.out, started)
+            ap = score(weights, stop, val, model, log)
+            rows.append({"iteration": stop, "train_minutes": round(total / 60, 2), "scored": weights.name, "ap": ap})
             print(f"{stop:>9} {total / 60:>8.1f} " + " ".join(f"{ap.get(t, float('nan')):>9.3f}" for t in IOU_TYPES),
                   flush=True)
     result = {"command": ["python", "-m", "detector.train", *train_args, "--out", str(args.out)],

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.train import main, validation_set
+from bench.train import main, scored_file, validation_set
 from detector.data.synthetic import ensure_synthetic
 
 
@@ -32,6 +32,8 @@ def test_a_schedule_cut_into_parts_is_scored_after_each(tiny, tmp_path, capsys):
     first, second = result["rows"]
     assert 0 < first["train_minutes"] < second["train_minutes"]
     assert set(first["ap"]) == {"bbox", "segm", "keypoints"}
+    # The cut scores the checkpoint, the end the file that ships (which names the size it was trained to).
+    assert (first["scored"], second["scored"]) == ("last.pth", "model_final.safetensors")
     assert (out / "eval_2.json").is_file() and (out / "model_final.safetensors").is_file()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iter"] for m in metrics] == [1, 2, 3, 4]  # one schedule, resumed once
@@ -55,3 +57,12 @@ def test_flags_that_are_the_scripts_own_are_refused(tmp_path):
             main(["--out", str(tmp_path), "--stops", "2", "--", flag, "x"])
     with pytest.raises(SystemExit, match="must increase"):
         main(["--out", str(tmp_path), "--stops", "4", "2"])
+
+
+def test_a_stop_scores_the_final_weights_only_where_its_part_wrote_them(tmp_path):
+    (tmp_path / "last.pth").write_bytes(b"")
+    assert scored_file(tmp_path, part_started=0.0) == tmp_path / "last.pth"
+    final = tmp_path / "model_final.safetensors"
+    final.write_bytes(b"")
+    assert scored_file(tmp_path, part_started=0.0) == final
+    assert scored_file(tmp_path, part_started=final.stat().st_mtime + 10) == tmp_path / "last.pth"  # an older run's

@@ -212,3 +212,27 @@ def test_a_cap_above_the_foreground_count_changes_nothing():
 def test_a_cap_below_one_is_refused():
     with pytest.raises(ValueError, match="train_rois_per_image must be at least 1 or None, got 0"):
         MaskHeadConfig(train_rois_per_image=0)
+
+
+def _pooling_heads(canonical_size: float) -> RoIHeads:
+    mask = MaskHeadConfig(pool_size=7, num_convs=1, conv_dim=8, canonical_size=canonical_size)
+    keypoint = KeypointHeadConfig(num_convs=1, conv_dim=8, canonical_size=canonical_size)
+    return RoIHeads(CHANNELS, NUM_CLASSES, box=BoxHeadConfig(fc_dim=32, aligned=True), mask=mask, keypoint=keypoint,
+                    keypoint_labels=(PERSON,))
+
+
+def test_canonical_size_448_pools_masks_and_keypoints_one_level_finer_and_boxes_as_before():
+    boxes = torch.tensor([[0.0, 0.0, s, s] for s in (50.0, 150.0, 300.0, 500.0)])  # P2, P3, P4, P5 by default
+    default, finer = _pooling_heads(224.0), _pooling_heads(448.0)
+    for heads in (default, finer):
+        assert heads.box_pooler.level_of(boxes).tolist() == [0, 1, 2, 3]
+    for pooler in (default.mask_pooler, default.keypoint_pooler):
+        assert pooler.level_of(boxes).tolist() == [0, 1, 2, 3]
+    for pooler in (finer.mask_pooler, finer.keypoint_pooler):
+        assert pooler.level_of(boxes).tolist() == [0, 0, 1, 2]
+    # What a 150-px box's mask is pooled from: only P2 carries a signal here.
+    features = [torch.zeros(1, CHANNELS, 512 // s, 512 // s) for s in (4, 8, 16, 32)]
+    features[0] += 1.0
+    box = [boxes[1:2]]
+    assert default.mask_pooler(features, box).abs().sum() == 0
+    assert torch.allclose(finer.mask_pooler(features, box), torch.ones(1, CHANNELS, 7, 7))
