@@ -102,9 +102,9 @@ def small_r18_fpn() -> ModelConfig:
         # 56 x 56 masks (the figures' thin limbs). In training at most 8 RoIs per image through the mask head,
         # whose cost dominated a CPU step (bench/results/train_step_small_mask_head.json), and the keypoint head
         # (which saved no measurable time: the shipped weights were trained so); RoIAlign sampled adaptively,
-        # as Detectron2 (one point per bin below a pixel). Masks pasted as Detectron2 and so trained on aligned
-        # targets: unaligned (torchvision's), a target pasted back is half a pixel off, which cost the
-        # figures' limbs (ground truth round trip IoU 0.90 against 0.99: detector.modeling.mask_head.mask_targets).
+        # as Detectron2 (one point per bin below a pixel). Masks trained on aligned targets and pasted as
+        # Detectron2: torchvision's way puts a target back half a pixel off, a large part of a thin limb
+        # (ground truth through target and paste: IoU 0.91 against 0.99, mask_head.mask_targets).
         mask=MaskHeadConfig(pool_size=28, num_convs=2, conv_dim=64, sampling_ratio=0, train_rois_per_image=8,
                             canonical_size=448.0, paste="detectron2"),
         keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8,

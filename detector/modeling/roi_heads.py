@@ -88,7 +88,7 @@ class RoIHeads(nn.Module):
         fg_matched = [m[i] for m, i in zip(matched, fg)]
         logits = self.mask_head(self.mask_pooler(features, fg_boxes))  # (B, C+1, M, M)
         m = logits.shape[-1]
-        aligned = self.mask_paste == "detectron2"  # the targets are the paste rule's inverse (mask_targets)
+        aligned = self.mask_paste == "detectron2"  # targets sampled as the paste rule's library does (mask_targets)
         gt = [mask_targets(t.masks, b, g, m, aligned) for t, b, g in zip(targets, fg_boxes, fg_matched) if len(b)]
         gt = torch.cat(gt) if gt else logits.new_zeros((0, m, m))
         return mask_loss(logits, torch.cat([lab[i] for lab, i in zip(labels, fg)]), gt)

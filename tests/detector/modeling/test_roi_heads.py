@@ -8,7 +8,8 @@ import torch
 
 from detector.modeling.box_head import BoxHeadConfig
 from detector.modeling.keypoint_head import KeypointHeadConfig
-from detector.modeling.mask_head import MaskHeadConfig
+from detector.modeling import roi_heads
+from detector.modeling.mask_head import MaskHeadConfig, mask_targets
 from detector.modeling.roi_heads import RoIHeads
 from detector.structures import Targets
 
@@ -159,9 +160,9 @@ def test_keypoint_decoding_is_torchvisions_bit_for_bit():
     assert torch.equal(ours[..., :2], xy[..., :2]) and torch.equal(ours[..., 2], scores)
 
 
-def _mask_heads(train_rois_per_image: int | None) -> RoIHeads:
+def _mask_heads(train_rois_per_image: int | None, paste: str = "torchvision") -> RoIHeads:
     torch.manual_seed(0)
-    mask = MaskHeadConfig(pool_size=7, num_convs=1, conv_dim=8, train_rois_per_image=train_rois_per_image)
+    mask = MaskHeadConfig(pool_size=7, num_convs=1, conv_dim=8, train_rois_per_image=train_rois_per_image, paste=paste)
     return RoIHeads(CHANNELS, NUM_CLASSES, box=BoxHeadConfig(fc_dim=32, batch_size_per_image=64, aligned=True), mask=mask)
 
 
@@ -207,6 +208,25 @@ def test_a_cap_above_the_foreground_count_changes_nothing():
     expected = every(_features(), _mask_proposals(), _mask_targets())
     torch.manual_seed(5)
     assert capped(_features(), _mask_proposals(), _mask_targets()) == expected
+
+
+@pytest.mark.parametrize("paste, aligned", [("torchvision", False), ("detectron2", True)])
+def test_the_mask_targets_are_sampled_as_the_paste_rules_library_does(paste, aligned, monkeypatch):
+    heads = _mask_heads(None, paste).train()
+    calls = []
+
+    def recording(*args):
+        calls.append(args[4])
+        return mask_targets(*args)
+
+    monkeypatch.setattr(roi_heads, "mask_targets", recording)
+    torch.manual_seed(5)
+    loss = heads(_features(), _mask_proposals(), _mask_targets())["loss_mask"]
+    assert calls == [aligned]
+    # and what it learns from is those targets: the loss with the other sampling differs
+    monkeypatch.setattr(roi_heads, "mask_targets", lambda *args: mask_targets(*args[:4], not args[4]))
+    torch.manual_seed(5)
+    assert not torch.equal(heads(_features(), _mask_proposals(), _mask_targets())["loss_mask"], loss)
 
 
 def test_a_cap_below_one_is_refused():
