@@ -79,7 +79,10 @@ def test_the_wheel_holds_every_module_and_the_builtin_files(wheel: Path) -> None
 
 def test_the_installed_wheel_serves_the_builtin_model_from_any_directory(wheel: Path, tmp_path: Path) -> None:
     python = _fresh_venv(tmp_path / "venv")
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp_path)
+    # --ignore-installed: a detector the lent site-packages hold (an editable install of the checkout) is not
+    # this venv's, and pip would otherwise count it as installed and skip the wheel.
+    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
+         cwd=tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_") and k != "PYTHONPATH"}
@@ -99,8 +102,8 @@ def test_the_installed_wheel_serves_the_builtin_model_from_any_directory(wheel: 
 def test_an_editable_install_reads_the_builtin_files_in_place(sources: Path, tmp_path: Path) -> None:
     """``make install`` (pip install -e): the code and the built-in files are those of the checkout."""
     python = _fresh_venv(tmp_path / "venv")
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "-q", "-e",
-          str(sources)], cwd=tmp_path)
+    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation", "--ignore-installed",
+          "-q", "-e", str(sources)], cwd=tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     show = ("import detector; from detector.weights.builtin import builtin_weights; "
             "print(detector.__file__, builtin_weights('small_r18_fpn'))")
