@@ -202,6 +202,19 @@ def test_a_rerun_skips_what_is_done_and_redoes_a_torn_line_and_failures(tmp_path
     assert "0 images predicted, 3 done before" in capsys.readouterr().out
 
 
+def test_an_earlier_runs_images_in_the_same_out_are_kept_and_named(tmp_path, capsys):
+    first, second = _images(tmp_path / "a", 1), _images(tmp_path / "b", 1)
+    out = tmp_path / "out.json"
+    assert main([*FAST, "--out", str(out), str(tmp_path / "a")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*FAST, "--out", str(out), str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "1 images predicted, 0 done before, 0 failed" in captured.out
+    assert (f"already holds 1 files that are not among these inputs (an earlier run into --out {out}, "
+            f"e.g. {first[0]})") in captured.err
+    assert sorted(entry["file"] for entry in json.loads(out.read_text())) == sorted(map(str, first + second))
+
+
 def test_real_coco_images_with_a_corrupt_one_give_coco_results_for_eval(tmp_path, capsys):
     """The COCO sample's images in a folder beside a truncated JPEG and a non-image file, predicted into
     a COCO results file that detector.eval's loader accepts."""
