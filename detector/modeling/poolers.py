@@ -4,8 +4,10 @@ with torchvision.ops.roi_align (or roi_pool).
 
 torchvision's CPU RoIAlign runs on one thread. Without autograd, the pooler can split the RoIs across
 the threads of a ``RoIAlignThreads`` that its caller owns and makes active for a call (the ``Predictor``
-does): the RoIs are independent, so the numbers are those of one thread. With none active, or with
-autograd, it pools on the calling thread. Nothing here lives longer than its owner.
+does): the RoIs are independent, so the numbers are those of one thread. With none active, it pools
+on the calling thread. With autograd on the CPU (training) it pools by ``sparse_roi_align``: the same
+numbers as a sparse matrix product, whose backward runs on every core where torchvision's runs on one.
+Nothing here lives longer than its owner.
 
 Shape shorthand: B boxes over the whole batch, C channels, S output size.
 """
@@ -22,6 +24,8 @@ from contextvars import ContextVar
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_area, roi_align, roi_pool
+
+from detector.modeling import sparse_roi_align
 
 
 LEVEL_RULES = ("torchvision", "detectron2")
@@ -90,6 +94,11 @@ class MultiLevelRoIPooler(nn.Module):
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.kind == "pool":
             return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
+        if feature.requires_grad and torch.is_grad_enabled() and feature.device.type == "cpu" \
+                and feature.dtype in (torch.float32, torch.float64):
+            # Training on the CPU: the same numbers, with a backward on every core (sparse_roi_align).
+            return sparse_roi_align.roi_align(feature, rois, self.output_size, scale, self.sampling_ratio,
+                                              self.aligned)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
 

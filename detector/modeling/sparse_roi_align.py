@@ -1,0 +1,90 @@
+"""RoIAlign as a sparse matrix product, for training on the CPU.
+
+RoIAlign is linear in the features: each output bin is a fixed weighted sum of feature pixels (bilinear
+weights of its sampling points, averaged). Written as a sparse matrix A of shape (B*S*S, N*H*W), the
+pooled features are ``A @ F`` with F the features as (N*H*W, C) rows, and their gradient is ``A.T @ G``.
+torchvision's CPU kernel computes the same numbers, but its backward runs on one thread and recomputes
+each sample's weights for every channel; the matrix is built once for all channels and the products run
+on every core (a mask head's RoIAlign forward and backward, 20 RoIs at 28 x 28 from a (2, 64, 72, 96)
+level: 54 ms by torchvision, 18 ms so, on 2 AVX2 cores).
+
+The weights follow torchvision's ``roi_align`` kernel (ops/cpu/roi_align_common.h) step by step: the
+half-pixel offset of ``aligned``, the 1-pixel minimum RoI size when not aligned, ``sampling_ratio`` points
+per bin side (0: ceil(RoI size / bins), per RoI), samples beyond one pixel outside the map dropping out,
+and coordinates clamped to the map's edge. Boxes are constants (no gradient flows to them), as there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_size: tuple[int, int],
+                    spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """The sparse (B*PH*PW, N*H*W) matrix of RoIAlign for ``rois`` (Tensor[B, 5]: batch index, x1, y1,
+    x2, y2) on features of shape (N, H, W) per channel: row (b, i, j) holds the weights of bin (i, j) of
+    RoI b over the feature pixels (n, y, x), flattened in that order."""
+    n, h, w = feature_shape
+    ph, pw = output_size
+    dtype, device = rois.dtype, rois.device
+    b = rois.shape[0]
+    offset = 0.5 if aligned else 0.0
+    x1, y1 = rois[:, 1] * spatial_scale - offset, rois[:, 2] * spatial_scale - offset
+    roi_w, roi_h = rois[:, 3] * spatial_scale - offset - x1, rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:  # torchvision's legacy rule: RoIs at least one pixel
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full((b,), sampling_ratio, dtype=torch.int64, device=device)
+        grid_w = grid_h
+    else:
+        grid_h, grid_w = torch.ceil(bin_h).to(torch.int64), torch.ceil(bin_w).to(torch.int64)
+    count = (grid_h * grid_w).clamp(min=1).to(dtype)  # samples averaged per bin
+    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)  # every RoI padded to the largest grid
+
+    def sample_axis(start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, points: int, size: int):
+        """Along one axis: (B, bins, points) of the low and high pixel, their weights, and validity."""
+        k = torch.arange(bins, dtype=dtype, device=device)[None, :, None]
+        i = torch.arange(points, dtype=dtype, device=device)[None, None, :]
+        g = grid.to(dtype)[:, None, None]
+        t = start[:, None, None] + k * bin_size[:, None, None] + (i + 0.5) * bin_size[:, None, None] / g
+        valid = (i < g) & (t >= -1.0) & (t <= size)  # padded points, and points beyond the map, add nothing
+        t = t.clamp(min=0.0)
+        low = t.to(torch.int64)  # t >= 0: truncation is floor
+        edge = low >= size - 1
+        low = low.clamp(max=size - 1)
+        high = torch.where(edge, low, low + 1)
+        frac = torch.where(edge, torch.zeros_like(t), t - low.to(dtype))
+        return low, high, 1.0 - frac, frac, valid
+
+    y_lo, y_hi, y_wlo, y_whi, y_ok = sample_axis(y1, bin_h, grid_h, ph, gh, h)  # (B, PH, GH)
+    x_lo, x_hi, x_wlo, x_whi, x_ok = sample_axis(x1, bin_w, grid_w, pw, gw, w)  # (B, PW, GW)
+    # Four corners per sample, laid out (B, PH, PW, GH, GW, 4): rows come out in order.
+    ys = torch.stack([y_lo, y_lo, y_hi, y_hi], -1)[:, :, None, :, None, :]
+    xs = torch.stack([x_lo, x_hi, x_lo, x_hi], -1)[:, None, :, None, :, :]
+    wy = torch.stack([y_wlo, y_wlo, y_whi, y_whi], -1)[:, :, None, :, None, :]
+    wx = torch.stack([x_wlo, x_whi, x_wlo, x_whi], -1)[:, None, :, None, :, :]
+    ok = y_ok[:, :, None, :, None, None] & x_ok[:, None, :, None, :, None]
+    weights = wy * wx * ok / count[:, None, None, None, None, None]
+    image = rois[:, 0].to(torch.int64)[:, None, None, None, None, None]
+    cols = (image * h + ys) * w + xs
+    bins = torch.arange(b * ph * pw, device=device).view(b, ph, pw, 1, 1, 1)
+    shape = (b, ph, pw, gh, gw, 4)
+    rows, cols, weights = bins.expand(shape).reshape(-1), cols.expand(shape).reshape(-1), weights.expand(shape).reshape(-1)
+    keep = weights != 0
+    indices = torch.stack([rows[keep], cols[keep]])
+    return torch.sparse_coo_tensor(indices, weights[keep], (b * ph * pw, n * h * w), check_invariants=False).coalesce()
+
+
+def roi_align(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """torchvision.ops.roi_align's result and gradient for ``feature`` (N, C, H, W) and ``rois``
+    (Tensor[B, 5]), as two sparse matrix products: (B, C, PH, PW). Float32 or float64 features."""
+    n, c, h, w = feature.shape
+    with torch.no_grad():
+        matrix = sampling_matrix(rois.to(feature.dtype), (n, h, w), output_size, spatial_scale, sampling_ratio,
+                                 aligned)
+    rows = feature.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N*H*W, C)
+    pooled = torch.sparse.mm(matrix, rows)  # (B*PH*PW, C); its gradient: matrix.T @ grad
+    return pooled.view(rois.shape[0], *output_size, c).permute(0, 3, 1, 2)
