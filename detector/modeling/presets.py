@@ -107,9 +107,9 @@ def small_r18_fpn() -> ModelConfig:
         # (ground truth through target and paste: IoU 0.91 against 0.99, mask_head.mask_targets).
         # Four 64-channel convs, as Mask R-CNN's head is deep (two: mask AP 0.680 against 0.698 after the same
         # schedule, bench/results/recipe_small_r18_fpn_12000_mask2conv.json and recipe_small_r18_fpn.json).
-        mask=MaskHeadConfig(pool_size=28, num_convs=4, conv_dim=64, sampling_ratio=0, train_rois_per_image=10,
+        mask=MaskHeadConfig(pool_size=28, num_convs=4, conv_dim=64, sampling_ratio=0, train_rois_per_image=8,
                             canonical_size=448.0, paste="detectron2"),
-        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=64, sampling_ratio=0, train_rois_per_image=8,
+        keypoint=KeypointHeadConfig(num_convs=4, conv_dim=128, sampling_ratio=0, train_rois_per_image=8,
                                     canonical_size=448.0),
         input=InputConfig(min_size=256, max_size=384),  # the synthetic images are 256 px
         keypoint_names=COCO_KEYPOINT_NAMES,
