@@ -6,7 +6,8 @@ torchvision's CPU RoIAlign runs on one thread. Without autograd, the pooler can 
 the threads of a ``RoIAlignThreads`` that its caller owns and makes active for a call (the ``Predictor``
 does): the RoIs are independent, so the numbers are those of one thread. With none active, it pools
 on the calling thread. With autograd on the CPU (training) it pools by ``sparse_roi_align``: the same
-numbers as a sparse matrix product, whose backward runs on every core where torchvision's runs on one.
+numbers as a sparse matrix product, its weights computed once for all channels and its products on
+torch's threads (torchvision's backward recomputes them per channel, on one thread).
 Nothing here lives longer than its owner.
 
 Shape shorthand: B boxes over the whole batch, C channels, S output size.
@@ -96,7 +97,7 @@ class MultiLevelRoIPooler(nn.Module):
             return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
         if feature.requires_grad and torch.is_grad_enabled() and feature.device.type == "cpu" \
                 and feature.dtype in (torch.float32, torch.float64):
-            # Training on the CPU: the same numbers, with a backward on every core (sparse_roi_align).
+            # Training on the CPU: the same numbers, a faster backward (sparse_roi_align).
             return sparse_roi_align.roi_align(feature, rois, self.output_size, scale, self.sampling_ratio,
                                               self.aligned)
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)

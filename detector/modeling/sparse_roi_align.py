@@ -4,9 +4,8 @@ RoIAlign is linear in the features: each output bin is a fixed weighted sum of f
 weights of its sampling points, averaged). Written as a sparse matrix A of shape (B*S*S, N*H*W), the
 pooled features are ``A @ F`` with F the features as (N*H*W, C) rows, and their gradient is ``A.T @ G``.
 torchvision's CPU kernel computes the same numbers, but its backward runs on one thread and recomputes
-each sample's weights for every channel; the matrix is built once for all channels and the products run
-on every core (a mask head's RoIAlign forward and backward, 20 RoIs at 28 x 28 from a (2, 64, 72, 96)
-level: 54 ms by torchvision, 18 ms so, on 2 AVX2 cores).
+each sample's weights for every channel; the matrix is built once for all channels, and the sparse
+products use torch's threads (``python bench/roi_align.py`` times both: bench/results/roi_align_cpu.json).
 
 The weights follow torchvision's ``roi_align`` kernel (ops/cpu/roi_align_common.h) step by step: the
 half-pixel offset of ``aligned``, the 1-pixel minimum RoI size when not aligned, ``sampling_ratio`` points
@@ -39,7 +38,8 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
         grid_h = torch.full((b,), sampling_ratio, dtype=torch.int64, device=device)
         grid_w = grid_h
     else:
-        grid_h, grid_w = torch.ceil(bin_h).to(torch.int64), torch.ceil(bin_w).to(torch.int64)
+        # nan_to_num: a NaN box's grid would be whatever a NaN cast to an integer gives
+        grid_h, grid_w = (torch.ceil(size).nan_to_num(0.0).to(torch.int64) for size in (bin_h, bin_w))
     count = (grid_h * grid_w).clamp(min=1).to(dtype)  # samples averaged per bin
     gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)  # every RoI padded to the largest grid
 
@@ -66,7 +66,8 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
     wy = torch.stack([y_wlo, y_wlo, y_whi, y_whi], -1)[:, :, None, :, None, :]
     wx = torch.stack([x_wlo, x_whi, x_wlo, x_whi], -1)[:, None, :, None, :, :]
     ok = y_ok[:, :, None, :, None, None] & x_ok[:, None, :, None, :, None]
-    weights = wy * wx * ok / count[:, None, None, None, None, None]
+    # where, not a product: a NaN box's samples are not valid, and must not carry NaN weights in
+    weights = torch.where(ok, wy * wx, 0.0) / count[:, None, None, None, None, None]
     image = rois[:, 0].to(torch.int64)[:, None, None, None, None, None]
     cols = (image * h + ys) * w + xs
     bins = torch.arange(b * ph * pw, device=device).view(b, ph, pw, 1, 1, 1)

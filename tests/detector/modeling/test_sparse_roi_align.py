@@ -95,3 +95,15 @@ def test_the_pooler_trains_by_the_sparse_product_and_infers_by_torchvision(monke
     assert all(e is not None and e.abs().amax() > 0 for e in expected)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_a_nan_box_pools_nothing_and_spoils_no_other():
+    """A diverged proposal (NaN coordinates) gets no samples (torchvision's kernel casts the NaN to a pixel
+    index); the other boxes pool as before, with adaptive and fixed sampling."""
+    g = torch.Generator().manual_seed(6)
+    feature = torch.randn(1, 4, 16, 16, generator=g)
+    rois = torch.tensor([[0, 4.0, 4.0, 40.0, 30.0], [0, float("nan"), 2.0, 20.0, 20.0]])
+    for sampling_ratio in (2, 0):
+        ours = sparse_roi_align.roi_align(feature, rois, (7, 7), 0.25, sampling_ratio, True)
+        assert torch.isfinite(ours).all() and ours[1].abs().amax() == 0
+        torch.testing.assert_close(ours[:1], torchvision_roi_align(feature, rois[:1], (7, 7), 0.25, sampling_ratio, True))
