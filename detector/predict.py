@@ -20,8 +20,8 @@ the last line says how many failed. --fail-fast stops at the first one (exit sta
 Rerunning the same command resumes: images with a result are skipped, failed ones retried, a line torn by
 a kill dropped and redone (detector/prediction/jsonl.py). Under torchrun each process predicts every
 N-th image into X.rank{r}.jsonl and rank 0 merges them into --out (detector/prediction/shards.py).
-Lines of files that are not among the inputs (an earlier run into the same --out) stay in it, and the
-run says so on stderr before it starts.
+Results of files that are not among the inputs (an earlier run into the same --out) stay in it, and
+the run says so on stderr before it starts.
 """
 
 from __future__ import annotations
@@ -132,12 +132,12 @@ def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
     from detector.prediction.run import Summary, detector_entries, predict_files
 
     coco = _coco_annotations(args.ann, files) if args.format == "coco" else None
+    done = shards.done_files(args.out)  # resuming drops failures and torn lines, never a result: the same after
     if info.is_main:
-        _warn_of_other_files(args.out, files)
+        _warn_of_other_files(args.out, done, files)
     record = shards.record_path(args.out, info.rank, info.world_size)
     writer, _ = open_for_resume(record)
     with writer:
-        done = shards.done_files(args.out)
         mine = shard(files, info)
         todo = [f for f in mine if str(f) not in done]
         summary = Summary()
@@ -168,13 +168,13 @@ def _run(args: argparse.Namespace, files: list[Path], info, device) -> int:
     return 1 if failed else 0
 
 
-def _warn_of_other_files(out: Path, files: list[Path]) -> None:
-    """Say so when ``out``'s records hold files that are not among this run's inputs: a resumed run keeps
-    every line, so an earlier run's images into the same --out stay in it beside this run's."""
-    others = shards.recorded_files(out) - {str(f) for f in files}
+def _warn_of_other_files(out: Path, done: set[str], files: list[Path]) -> None:
+    """Say so when ``out``'s records hold results (``done``) of files that are not among this run's inputs:
+    a resumed run keeps every result, so an earlier run's images into the same --out stay beside this run's."""
+    others = done - {str(f) for f in files}
     if others:
         where = ", ".join(str(p) for p in shards.records(out))
-        print(f"warning: {where} already holds {len(others)} files that are not among these inputs (an earlier run "
+        print(f"warning: {where} already holds results of {len(others)} files that are not among these inputs (an earlier run "
               f"into --out {out}, e.g. {min(others)}); they stay in {out} beside this run's images: give another "
               f"--out, or delete {where} to start afresh", file=sys.stderr)
 

@@ -76,11 +76,6 @@ def done_files(out: Path) -> set[str]:
     return set().union(*(read_record(path).ok for path in records(out)))
 
 
-def recorded_files(out: Path) -> set[str]:
-    """The files that some record of ``out``'s job holds a line for (a result or a failure)."""
-    return set().union(*((r := read_record(path)).ok | r.failed for path in records(out)))
-
-
 def merge(out: Path) -> Merged:
     """Merge the records of ``out``'s job into ``out`` (see the module's docstring)."""
     sources = records(out)

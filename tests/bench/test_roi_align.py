@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.roi_align import CASES, main, make_inputs
 
 
@@ -23,7 +25,12 @@ def test_bench_times_both_and_finds_the_same_numbers(tmp_path, capsys):
     row, = report["rows"]
     assert row["case"] == "small_r18_fpn keypoint head"
     assert row["max_abs_diff_pooled"] < 1e-5 and row["max_abs_diff_grad"] < 1e-4
-    for name in ("torchvision", "sparse"):
-        assert row[name]["min_ms"] <= row[name]["median_ms"] <= row[name]["max_ms"]
+    assert row["speedup_median"] == row["torchvision"]["median_ms"] / row["sparse"]["median_ms"]
     assert report["cpu"]["flags"] and report["threads"] == 1
     assert "small_r18_fpn keypoint head" in capsys.readouterr().out
+
+
+def test_an_unknown_case_is_refused_with_the_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["--cases", "no such head"])
+    assert "small_r18_fpn mask head" in capsys.readouterr().err

@@ -210,7 +210,7 @@ def test_an_earlier_runs_images_in_the_same_out_are_kept_and_named(tmp_path, cap
     assert main([*FAST, "--out", str(out), str(tmp_path / "b")]) == 0
     captured = capsys.readouterr()
     assert "1 images predicted, 0 done before, 0 failed" in captured.out
-    assert (f"already holds 1 files that are not among these inputs (an earlier run into --out {out}, "
+    assert (f"already holds results of 1 files that are not among these inputs (an earlier run into --out {out}, "
             f"e.g. {first[0]})") in captured.err
     assert sorted(entry["file"] for entry in json.loads(out.read_text())) == sorted(map(str, first + second))
 
