@@ -61,6 +61,7 @@ def test_each_matrix_row_sums_to_one_inside_the_map():
     rois = torch.tensor([[0, 10.0, 12.0, 50.0, 33.0], [1, 3.0, 4.0, 9.0, 60.0]])
     matrix = sparse_roi_align.sampling_matrix(rois, (2, 16, 16), (7, 7), 0.25, 0, True)
     assert matrix.shape == (2 * 49, 2 * 256)
+    matrix = matrix.to_sparse_coo()
     torch.testing.assert_close(torch.sparse.sum(matrix, 1).to_dense(), torch.ones(98))
     rows, columns = matrix.indices()
     assert ((columns < 256) == (rows < 49)).all()  # RoI 0's bins read image 0 only, RoI 1's image 1 only
