@@ -43,7 +43,8 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
         # nan_to_num: a NaN box's grid would be whatever a NaN cast to an integer gives
         grid_h, grid_w = (torch.ceil(size).nan_to_num(0.0).to(torch.int64) for size in (bin_h, bin_w))
     count = (grid_h * grid_w).clamp(min=1).to(dtype)  # samples averaged per bin
-    gh, gw = max(int(grid_h.max()), 1), max(int(grid_w.max()), 1)  # every RoI padded to the largest grid
+    # every RoI padded to the largest grid (1 with no RoIs: an empty matrix, as torchvision pools none)
+    gh, gw = (max(int(grid.max()), 1) if b else 1 for grid in (grid_h, grid_w))
 
     def sample_axis(start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, points: int, size: int):
         """Along one axis: (B, bins, points) of the low and high pixel, their weights, and validity."""

@@ -108,3 +108,11 @@ def test_a_nan_box_pools_nothing_and_spoils_no_other():
         ours = sparse_roi_align.roi_align(feature, rois, (7, 7), 0.25, sampling_ratio, True)
         assert torch.isfinite(ours).all() and ours[1].abs().amax() == 0
         torch.testing.assert_close(ours[:1], torchvision_roi_align(feature, rois[:1], (7, 7), 0.25, sampling_ratio, True))
+
+
+def test_no_rois_pool_nothing_and_send_no_gradient():
+    feature = torch.randn(2, 3, 8, 8, requires_grad=True)
+    pooled = sparse_roi_align.roi_align(feature, torch.zeros(0, 5), (7, 7), 0.25, 0, True)
+    assert pooled.shape == torchvision_roi_align(feature, torch.zeros(0, 5), (7, 7), 0.25, 0, True).shape == (0, 3, 7, 7)
+    pooled.sum().backward()
+    assert torch.equal(feature.grad, torch.zeros_like(feature))
