@@ -20,12 +20,17 @@ import warnings
 import torch
 from torch import Tensor
 
+# torch warns once per process that CSR tensors are a beta feature; the products used here are tested against
+# torchvision's kernel (tests/detector/modeling/test_sparse_roi_align.py). A filter, not catch_warnings, which is
+# not thread-safe.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
+
 
 def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_size: tuple[int, int],
                     spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
-    """The sparse (B*PH*PW, N*H*W) matrix (compressed rows) of RoIAlign for ``rois`` (Tensor[B, 5]: batch index, x1, y1,
-    x2, y2) on features of shape (N, H, W) per channel: row (b, i, j) holds the weights of bin (i, j) of
-    RoI b over the feature pixels (n, y, x), flattened in that order."""
+    """The sparse (B*PH*PW, N*H*W) matrix, in compressed rows, of RoIAlign for ``rois`` (Tensor[B, 5]: batch
+    index, x1, y1, x2, y2) on features of shape (N, H, W) per channel: row (b, i, j) holds the weights of bin
+    (i, j) of RoI b over the feature pixels (n, y, x), flattened in that order."""
     n, h, w = feature_shape
     ph, pw = output_size
     dtype, device = rois.dtype, rois.device
@@ -82,10 +87,8 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
     # sum them); sorting and merging them (COO's coalesce) was half the matrix's cost, for no other gain.
     row_starts = torch.zeros(b * ph * pw + 1, dtype=torch.int64, device=device)
     row_starts[1:] = torch.bincount(rows[keep], minlength=b * ph * pw).cumsum(0)
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state", once per process
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(row_starts, cols[keep], weights[keep], (b * ph * pw, n * h * w),
-                                       check_invariants=False)
+    return torch.sparse_csr_tensor(row_starts, cols[keep], weights[keep], (b * ph * pw, n * h * w),
+                                   check_invariants=False)
 
 
 def roi_align(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,

@@ -112,7 +112,8 @@ def test_a_nan_box_pools_nothing_and_spoils_no_other():
 
 def test_no_rois_pool_nothing_and_send_no_gradient():
     feature = torch.randn(2, 3, 8, 8, requires_grad=True)
-    pooled = sparse_roi_align.roi_align(feature, torch.zeros(0, 5), (7, 7), 0.25, 0, True)
-    assert pooled.shape == torchvision_roi_align(feature, torch.zeros(0, 5), (7, 7), 0.25, 0, True).shape == (0, 3, 7, 7)
+    no_rois = torch.zeros(0, 5)
+    pooled = sparse_roi_align.roi_align(feature, no_rois, (7, 7), 0.25, 0, True)
+    assert pooled.shape == torchvision_roi_align(feature, no_rois, (7, 7), 0.25, 0, True).shape == (0, 3, 7, 7)
     pooled.sum().backward()
     assert torch.equal(feature.grad, torch.zeros_like(feature))
