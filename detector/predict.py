@@ -174,9 +174,9 @@ def _warn_of_other_files(out: Path, done: set[str], files: list[Path]) -> None:
     others = done - {str(f) for f in files}
     if others:
         where = ", ".join(str(p) for p in shards.records(out))
-        print(f"warning: {where} already holds results of {len(others)} files that are not among these inputs (an earlier run "
-              f"into --out {out}, e.g. {min(others)}); they stay in {out} beside this run's images: give another "
-              f"--out, or delete {where} to start afresh", file=sys.stderr)
+        print(f"warning: {where} already holds results of {len(others)} files that are not among these inputs "
+              f"(an earlier run into --out {out}, e.g. {min(others)}); they stay in {out} beside this run's images: "
+              f"give another --out, or delete {where} to start afresh", file=sys.stderr)
 
 
 def merge_main(argv: list[str]) -> int:

@@ -77,18 +77,16 @@ def sampling_matrix(rois: Tensor, feature_shape: tuple[int, int, int], output_si
     # where, not a product: a NaN box's samples are not valid, and must not carry NaN weights in
     weights = torch.where(ok, wy * wx, 0.0) / count[:, None, None, None, None, None]
     image = rois[:, 0].to(torch.int64)[:, None, None, None, None, None]
-    cols = (image * h + ys) * w + xs
-    bins = torch.arange(b * ph * pw, device=device).view(b, ph, pw, 1, 1, 1)
-    shape = (b, ph, pw, gh, gw, 4)
-    rows, cols, weights = bins.expand(shape).reshape(-1), cols.expand(shape).reshape(-1), weights.expand(shape).reshape(-1)
+    cols = ((image * h + ys) * w + xs).view(-1)  # the weights' layout, (B, PH, PW, GH, GW, 4), flattened
+    weights = weights.view(-1)
     keep = weights != 0
-    # Compressed rows straight from the layout: the rows come in order, so each row's entries are one run and
-    # its start is a running count. A pixel read by several samples of a bin stays several entries (products
-    # sum them); sorting and merging them (COO's coalesce) was half the matrix's cost, for no other gain.
+    # Compressed rows straight from the layout: row (b, i, j) is the run of its GH*GW*4 corners, so a row's
+    # start is a running count of the kept ones. A pixel read by several samples of a bin stays several
+    # entries (products sum them); sorting and merging them (COO's coalesce) was half the matrix's cost.
     row_starts = torch.zeros(b * ph * pw + 1, dtype=torch.int64, device=device)
-    row_starts[1:] = torch.bincount(rows[keep], minlength=b * ph * pw).cumsum(0)
-    return torch.sparse_csr_tensor(row_starts, cols[keep], weights[keep], (b * ph * pw, n * h * w),
-                                   check_invariants=False)
+    row_starts[1:] = keep.view(b * ph * pw, gh * gw * 4).sum(1).cumsum(0)
+    cols, weights = cols[keep], weights[keep]
+    return torch.sparse_csr_tensor(row_starts, cols, weights, (b * ph * pw, n * h * w), check_invariants=False)
 
 
 def roi_align(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,
